@@ -1,0 +1,25 @@
+# The README's commands. `make test` installs everything it needs itself.
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-fast lint format clean
+
+setup:
+	bash scripts/setup.sh
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not integration and not e2e" $(PYTEST_ARGS)
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format: setup
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+
+clean:
+	rm -rf .venv runs .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Benchmarks behind `reelrl bench NAME`: each module has `run(args) -> dict`."""

@@ -1,0 +1,453 @@
+"""The run configuration: pydantic models for every part of a run, loaded from YAML.
+
+A YAML file may name a base with `extends: other.yaml` (relative to itself); the two are
+deep-merged, the child winning. Command-line overrides `a.b=c` are applied last, their values
+parsed as YAML. Unknown keys and invalid values fail at load with the dotted field path —
+nothing is silently changed. Stages (`stages: [...]`) carry their own overrides, which are
+applied to the run config and validated at load, so a bad stage fails before anything starts.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Family = Literal["qwen2_5_vl", "qwen3_vl"]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be loaded; the message names the file and the dotted field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+
+class ModelConfig(_Section):
+    path: str = "runs/models/tiny-qwen2_5_vl"
+    """Directory of an HF-format model (config, weights, tokenizer, processor)."""
+    family: Family = "qwen2_5_vl"
+    """Architecture family; picks the vision grid (28 px Qwen2.5-VL, 32 px Qwen3-VL)."""
+    build_tiny: Literal["tiny", "small"] | None = None
+    """When set and `path` does not exist, build a random model of this size there."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Parameter dtype: auto = bfloat16 on GPU, float32 on CPU."""
+    freeze_vision: bool = True
+    """Freeze the whole vision tower (projector/merger and LLM train)."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass to save memory."""
+
+
+class DatasetSpec(_Section):
+    path: str
+    """JSONL file of records."""
+    weight: float = Field(1.0, gt=0)
+    """Relative sampling weight when several datasets are mixed."""
+    format: Literal["reelrl", "video_r1", "videoauto_r1"] = "reelrl"
+    """Record shape of the file; non-native shapes are converted on load."""
+
+
+class SyntheticSpec(_Section):
+    out: str = "runs/data/synthetic"
+    """Directory for generated clips and JSONL splits (reused when present)."""
+    n_train: int = Field(200, ge=1)
+    """Training records to generate."""
+    n_eval: int = Field(200, ge=0)
+    """Held-out records to generate."""
+    seed: int = 0
+    """Generator seed."""
+
+
+class DataConfig(_Section):
+    root: str = "."
+    """Directory that relative video paths in records are resolved against."""
+    train: list[DatasetSpec] = Field(default_factory=list)
+    """Training datasets, mixed by weight."""
+    eval: list[DatasetSpec] = Field(default_factory=list)
+    """Held-out datasets for periodic evaluation."""
+    synthetic: SyntheticSpec | None = None
+    """Generate the synthetic video tasks when their files are missing."""
+    shuffle_seed: int = 0
+    """Seed of the deterministic shuffle."""
+    problem_types: list[str] | None = None
+    """Keep only these problem types (None keeps all)."""
+
+
+class VideoConfig(_Section):
+    fps: float = Field(2.0, gt=0)
+    """Sampling rate when `num_frames` is not set."""
+    num_frames: int | None = Field(None, ge=1)
+    """A fixed frame count instead of fps sampling."""
+    min_frames: int = Field(4, ge=1)
+    """Fewest frames sampled from a video."""
+    max_frames: int = Field(256, ge=1)
+    """Most frames sampled from a video (VideoAuto-R1: 256)."""
+    max_video_tokens: int = Field(4096, ge=1)
+    """Budget of visual tokens per video (VideoAuto-R1: 4096)."""
+    min_pixels: int = Field(128 * 28 * 28, ge=1)
+    """Fewest pixels per frame after resizing."""
+    max_pixels: int = Field(768 * 28 * 28, ge=1)
+    """Most pixels per frame after resizing."""
+
+    @model_validator(mode="after")
+    def _ranges(self) -> VideoConfig:
+        if self.min_frames > self.max_frames:
+            raise ValueError("min_frames must be <= max_frames")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError("min_pixels must be <= max_pixels")
+        return self
+
+
+class SamplingConfig(_Section):
+    temperature: float = Field(1.0, ge=0)
+    """Sampling temperature of rollouts."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass."""
+    top_k: int = Field(-1, ge=-1)
+    """Top-k (-1: off)."""
+    max_new_tokens: int = Field(512, ge=1)
+    """Longest completion."""
+    stop: list[str] = Field(default_factory=list)
+    """Extra stop strings."""
+
+
+class TGRPOConfig(_Section):
+    enabled: bool = False
+    """Video-R1 temporal contrast: extra rollouts on shuffled frames, scored, never trained."""
+    shuffled_fraction: float = Field(0.5, gt=0, le=1)
+    """Shuffled rollouts per prompt as a fraction of G (Video-R1: G/2)."""
+    bonus: float = Field(0.3, ge=0)
+    """Reward added to correct ordered rollouts when the contrast holds."""
+    ratio: float = Field(0.8, gt=0)
+    """Contrast holds when ordered accuracy >= ratio x shuffled accuracy."""
+    min_accuracy: float = Field(0.1, ge=0, le=1)
+    """Only ordered rollouts with accuracy above this get the bonus."""
+
+
+class RolloutConfig(_Section):
+    num_engines: int = Field(1, ge=1)
+    """Rollout actors, one vLLM engine each."""
+    group_size: int = Field(8, ge=2)
+    """G: completions sampled per prompt (GRPO needs at least 2)."""
+    prompts_per_batch: int = Field(4, ge=1)
+    """Prompts an actor generates for at once."""
+    max_staleness: int = Field(1, ge=0)
+    """How many weight versions an actor may run ahead of the learner (0: synchronous)."""
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    """Sampling parameters."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    """vLLM tensor parallelism per engine."""
+    gpu_memory_utilization: float = Field(0.15, gt=0, le=1)
+    """vLLM memory share; on CPU, the share of host RAM for the KV cache (keep it low)."""
+    max_model_len: int = Field(8192, ge=64)
+    """Longest prompt + completion."""
+    enforce_eager: bool = True
+    """Disable CUDA graphs / compilation (start-up time matters more in debug runs)."""
+    seed: int = 0
+    """Engine seed (offset by actor index)."""
+    filter_equal_rewards: bool = True
+    """Drop groups whose G rewards are all equal (no learning signal)."""
+    t_grpo: TGRPOConfig = Field(default_factory=TGRPOConfig)
+    """Temporal-contrast settings."""
+    max_restarts: int = Field(3, ge=0)
+    """Ray restarts of a dead rollout actor."""
+
+
+class QueueConfig(_Section):
+    url: str | None = None
+    """redis:// or rediss:// URL; None starts the embedded Redis in the run directory."""
+    password_env: str = "REELRL_REDIS_PASSWORD"
+    """Environment variable holding the Redis password (never written in a config)."""
+    stream_prefix: str = "reelrl"
+    """Stream key is <prefix>:<run>:rollouts."""
+    capacity: int = Field(256, ge=1)
+    """Undelivered + pending entries at which producers wait."""
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    """Hard cap on an encoded RolloutGroup."""
+    block_ms: int = Field(1000, ge=1)
+    """Blocking read timeout."""
+    min_idle_ms: int = Field(60_000, ge=1)
+    """Entries idle this long in a dead consumer's pending list are claimed."""
+    max_deliveries: int = Field(5, ge=1)
+    """Entries delivered more often than this go to the dead-letter stream."""
+    reconnect_max_s: float = Field(30.0, gt=0)
+    """Longest backoff between reconnect attempts."""
+
+
+class GRPOConfig(_Section):
+    beta: float = Field(0.01, ge=0)
+    """KL coefficient to the reference policy (0: no reference model)."""
+    kl_estimator: Literal["k1", "k3"] = "k3"
+    """KL estimator."""
+    clip_low: float = Field(0.2, ge=0)
+    """Lower clip epsilon of the ratio."""
+    clip_high: float = Field(0.28, ge=0)
+    """Upper clip epsilon of the ratio."""
+    scale_by_std: bool = True
+    """Divide group-centred rewards by their std (False: the no-std variant)."""
+    aggregation: Literal["token_mean", "sequence_mean"] = "token_mean"
+    """How per-token losses are reduced."""
+    is_cap: float = Field(2.0, gt=0)
+    """Cap of the truncated importance weight between learner and behaviour policy."""
+
+
+class OptimizerConfig(_Section):
+    lr: float = Field(1e-6, gt=0)
+    """Peak learning rate."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up, then constant."""
+    grad_clip: float = Field(1.0, gt=0)
+    """Gradient-norm clip."""
+
+
+class LearnerConfig(_Section):
+    num_ranks: int = Field(1, ge=1)
+    """Learner processes (DeepSpeed data-parallel ranks)."""
+    zero_stage: Literal[0, 1, 2, 3] = 3
+    """DeepSpeed ZeRO stage."""
+    groups_per_step: int = Field(4, ge=1)
+    """Rollout groups (or SFT examples) consumed per optimizer step, over all ranks."""
+    micro_batch_size: int = Field(2, ge=1)
+    """Sequences per forward/backward."""
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    """Optimizer and schedule."""
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    """GRPO loss settings."""
+    max_nonfinite_steps: int = Field(3, ge=1)
+    """Consecutive non-finite steps after which the run stops."""
+    deepspeed_overrides: dict[str, Any] = Field(default_factory=dict)
+    """Extra keys merged into the generated DeepSpeed config."""
+
+
+class RewardsConfig(_Section):
+    format: Literal["answer_twice", "think_answer", "direct"] = "answer_twice"
+    """Output format: VideoAuto-R1 answer->think->answer, Video-R1 think/answer, or direct."""
+    w_a1: float = 0.9
+    """Weight of the task reward of the first answer."""
+    w_a2: float = 1.1
+    """Weight of the task reward of the second answer."""
+    w_format: float = 1.0
+    """Weight of the format reward."""
+    w_fallback: float = 0.3
+    """Bonus when a1 is the fallback phrase and a2 is correct."""
+    math_timeout_s: float = Field(5.0, gt=0)
+    """Timeout of one math-verify comparison."""
+
+
+class WeightSyncConfig(_Section):
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """Transport: auto = nccl on GPU, gloo on CPU."""
+    every_steps: int = Field(1, ge=1)
+    """Broadcast new weights every this many learner steps."""
+    bucket_mb: int = Field(256, ge=1)
+    """Size of a packed bucket."""
+    timeout_s: float = Field(120.0, gt=0)
+    """A broadcast that does not finish within this fails instead of hanging."""
+
+
+class ResourcesConfig(_Section):
+    colocate: bool = False
+    """Share one GPU between learner and rollout (vLLM sleeps during learner steps)."""
+    gpus_per_learner_rank: float = Field(0, ge=0)
+    """GPUs reserved per learner rank (0 on CPU)."""
+    gpus_per_engine: float = Field(0, ge=0)
+    """GPUs reserved per rollout engine (0 on CPU)."""
+    cpus_per_learner_rank: float = Field(1, ge=0)
+    """CPUs reserved per learner rank."""
+    cpus_per_engine: float = Field(1, ge=0)
+    """CPUs reserved per rollout engine."""
+    ray_address: str | None = None
+    """Ray cluster to join (None: RAY_ADDRESS, else a local instance)."""
+
+
+class CheckpointConfig(_Section):
+    every_steps: int = Field(50, ge=1)
+    """Commit a checkpoint every this many steps (and at the end)."""
+    keep_last: int = Field(2, ge=1)
+    """Checkpoints kept on disk."""
+    export_hf: bool = True
+    """Also write an HF-format model (loadable by vLLM) with each checkpoint."""
+
+
+class LoggingConfig(_Section):
+    tensorboard: bool = True
+    """Write TensorBoard event files."""
+    jsonl: bool = True
+    """Write metrics.jsonl."""
+    console_every_s: float = Field(10.0, gt=0)
+    """Seconds between console progress lines."""
+
+
+class EvalConfig(_Section):
+    every_steps: int = Field(0, ge=0)
+    """Evaluate on held-out data every this many steps (0: only at the end)."""
+    max_prompts: int = Field(200, ge=1)
+    """Held-out prompts per evaluation."""
+    modes: list[Literal["direct", "always_think", "gated"]] = Field(
+        default_factory=lambda: ["direct", "always_think", "gated"]
+    )
+    """Inference modes evaluated."""
+    tau: float | None = Field(None, gt=0, le=1)
+    """Gating threshold (None: 0.97 for Qwen2.5-VL, 0.98 for Qwen3-VL)."""
+
+
+class StageConfig(_Section):
+    name: str
+    """Stage name; its outputs go to <run_dir>/<name>."""
+    algorithm: Literal["sft", "grpo"]
+    """SFT (completion tokens only) or GRPO from rollouts."""
+    total_steps: int = Field(..., ge=1)
+    """Optimizer steps in this stage."""
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    """Dotted overrides applied to the run config for this stage."""
+
+
+class RunConfig(_Section):
+    name: str = "run"
+    """Run name: the stream key and the run directory use it."""
+    output_dir: str = "runs"
+    """Parent of run directories."""
+    seed: int = 0
+    """Global seed."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    video: VideoConfig = Field(default_factory=VideoConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig)
+    weight_sync: WeightSyncConfig = Field(default_factory=WeightSyncConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    stages: Annotated[list[StageConfig], Field(min_length=1)] = Field(
+        default_factory=lambda: [StageConfig(name="rl", algorithm="grpo", total_steps=100)]
+    )
+    """Stages run in order; each starts from the previous stage's HF export."""
+
+    @model_validator(mode="after")
+    def _stage_names_unique(self) -> RunConfig:
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        return self
+
+    def for_stage(self, index: int) -> RunConfig:
+        """The config a stage runs with: this config with the stage's overrides applied."""
+        stage = self.stages[index]
+        data = self.model_dump(mode="python")
+        _apply_overrides(data, stage.overrides, origin=f"stages[{index}].overrides")
+        data["stages"] = [stage.model_dump(mode="python")]
+        return _validate(data, origin=f"stages[{index}] ({stage.name})")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config (following `extends:`), apply `a.b=c` overrides, validate.
+
+    Every stage's resolved config is validated too, so a bad stage fails here.
+    """
+    path = Path(path)
+    data = _load_yaml_tree(path, seen=())
+    parsed = dict(parse_override(o) for o in overrides or [])
+    _apply_overrides(data, parsed, origin="command line")
+    config = _validate(data, origin=str(path))
+    for i in range(len(config.stages)):
+        config.for_stage(i)
+    return config
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=c` -> ("a.b", c) with c parsed as YAML (so `1e-6`, `true`, `[1,2]` work)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {exc}") from exc
+    return key.strip(), value
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved config as YAML."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def _load_yaml_tree(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise ConfigError(f"extends cycle: {chain}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    base_name = data.pop("extends", None)
+    if base_name is None:
+        return data
+    if not isinstance(base_name, str):
+        raise ConfigError(f"{path}: extends must be a file name, got {base_name!r}")
+    base = _load_yaml_tree(path.parent / base_name, seen=(*seen, path))
+    return _deep_merge(base, data)
+
+
+def _deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any], origin: str) -> None:
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(f"{origin}: override {dotted}: {where} is not a section")
+            node = child
+        node[parts[-1]] = value
+
+
+def _validate(data: dict[str, Any], origin: str) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, origin)) from None
+
+
+def format_validation_error(exc: ValidationError, origin: str) -> str:
+    """One line per problem, each naming the dotted field path."""
+    lines = [f"invalid config {origin}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {loc}: unknown key")
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+            lines.append(f"  {loc}: {err['msg']}{shown}")
+    return "\n".join(lines)
