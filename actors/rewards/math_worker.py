@@ -1,0 +1,45 @@
+"""Child-process side of the math grader: reads JSON lines `{"gold", "pred"}` on stdin and
+answers `{"ok": bool}` per line on stdout, after a first `{"ready": true}` line.
+
+Run as a script (`python math_worker.py`); it imports only math-verify, never this package,
+so it starts the same way under pytest, Ray workers and the CLI. math-verify's own
+signal-based timeouts are disabled here; the parent enforces the deadline by killing this
+process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+
+def _verify(gold: str, pred: str) -> bool:
+    from math_verify import parse, verify
+
+    gold_parsed = parse(f"\\boxed{{{gold}}}", parsing_timeout=None)
+    pred_parsed = parse(f"\\boxed{{{pred}}}", parsing_timeout=None)
+    if not gold_parsed or not pred_parsed:
+        return False
+    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
+
+
+def main() -> None:
+    # math-verify logs a warning for every call made with its timeout disabled.
+    logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+    import math_verify  # noqa: F401  (import before announcing readiness)
+
+    sys.stdout.write(json.dumps({"ready": True}) + "\n")
+    sys.stdout.flush()
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            ok = _verify(request["gold"], request["pred"])
+        except Exception:  # any failure on model output grades as wrong, never kills the worker
+            ok = False
+        sys.stdout.write(json.dumps({"ok": ok}) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
