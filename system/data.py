@@ -1,0 +1,404 @@
+"""Dataset records: the JSONL format, its validation, importers, mixing and a resumable cursor.
+
+Owns what a training or held-out example is (`Record`), how files of them are read (native
+JSONL, or the Video-R1 / VideoAuto-R1 training JSON converted on load; see docs/data.md for
+the field mapping), and the order the learner sees them in: datasets mixed by weight with a
+deterministic shuffle, driven by a small `MixState` the checkpoint stores and restores. Every
+validation error names the file and the line (or the item of a JSON array) and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from system.config import DataConfig, DatasetSpec
+
+ProblemType = Literal[
+    "multiple_choice",
+    "numerical",
+    "math",
+    "temporal_grounding",
+    "grounded_qa",
+    "free_form",
+    "subaction",
+]
+_LETTER = re.compile(r"^\s*\(?([A-Z])[\.\):]")
+
+
+class DataError(ValueError):
+    """A dataset file that cannot be used; the message names the file, line and field."""
+
+
+class Phase(BaseModel):
+    """One phase of an action (subaction records), with its time span in seconds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1)
+    start: float = Field(ge=0)
+    end: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Phase:
+        if self.end <= self.start:
+            raise ValueError(f"phase {self.name!r}: end ({self.end}) must be after start")
+        return self
+
+
+class Record(BaseModel):
+    """One example. Times (span, spans, phases) are seconds; with a `span`, the model sees
+    only that clip and spans/phases are measured from the start of the video file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str = Field(min_length=1)
+    video: str = Field(min_length=1)
+    """Path relative to the data root, an absolute path, or a URI."""
+    problem_type: ProblemType
+    question: str = Field(min_length=1)
+    answer: str = Field(min_length=1)
+    """Ground truth as text: an option letter, a number, '[s, e]', or phase names."""
+    options: list[str] | None = None
+    """Multiple-choice options, each starting with its letter ('A. ...')."""
+    span: tuple[float, float] | None = None
+    """Only this part of the video, [start, end] seconds."""
+    spans: list[tuple[float, float]] | None = None
+    """Ground-truth time spans (temporal_grounding, grounded_qa)."""
+    phases: list[Phase] | None = None
+    """Ordered phases (subaction)."""
+    source: str | None = None
+    """Where the record came from (dataset / subset)."""
+    meta: dict[str, Any] = Field(default_factory=dict)
+    """Anything else (e.g. a reference reasoning trace for SFT)."""
+
+    @model_validator(mode="after")
+    def _type_fields(self) -> Record:
+        for name, pair in [("span", self.span), *[("spans", s) for s in self.spans or []]]:
+            if pair is not None and not 0 <= pair[0] < pair[1]:
+                raise ValueError(f"{name} {list(pair)} must satisfy 0 <= start < end")
+        kind = self.problem_type
+        if kind in ("multiple_choice", "grounded_qa") and self.options:
+            letters = [_option_letter(o) for o in self.options]
+            if None in letters:
+                raise ValueError("every option must start with its letter, like 'A. ...'")
+            if self.answer.strip() not in letters:
+                raise ValueError(f"answer {self.answer!r} is not one of the letters {letters}")
+        if kind == "multiple_choice" and not self.options:
+            raise ValueError("multiple_choice needs options")
+        if kind in ("temporal_grounding", "grounded_qa") and not self.spans:
+            raise ValueError(f"{kind} needs spans (ground-truth [start, end] pairs)")
+        if kind == "subaction" and not self.phases:
+            raise ValueError('subaction needs phases: [{"name", "start", "end"}, ...]')
+        if kind == "numerical" and _number(self.answer) is None:
+            raise ValueError(f"numerical answer {self.answer!r} is not a number")
+        return self
+
+
+def _option_letter(option: str) -> str | None:
+    match = _LETTER.match(option)
+    return match.group(1) if match else None
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text.replace(",", "").strip())
+    except ValueError:
+        return None
+
+
+def resolve_video(record: Record, root: str | Path) -> str:
+    """The path or URI to decode: URIs and absolute paths as they are, others under `root`."""
+    if "://" in record.video or Path(record.video).is_absolute():
+        return record.video
+    return str(Path(root) / record.video)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def parse_record(item: Any, where: str) -> Record:
+    """Validate one native record; `where` ('file:line') prefixes every error."""
+    if not isinstance(item, dict):
+        raise DataError(f"{where}: a record must be a JSON object, got {type(item).__name__}")
+    try:
+        return Record.model_validate(item)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "record"
+            msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{loc}: {msg}")
+        raise DataError(f"{where}: " + "; ".join(problems)) from None
+
+
+def read_items(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """(location, parsed JSON) for each record of a JSONL file or a JSON array file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: dataset file not found")
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+        for i, item in enumerate(items):
+            yield f"{path}[item {i}]", item
+        return
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield f"{path}:{lineno}", json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from None
+
+
+@dataclass
+class Dataset:
+    """Records of one file, with its mixing weight and what was left out and why."""
+
+    name: str
+    records: list[Record]
+    weight: float = 1.0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+
+def load_dataset(spec: DatasetSpec, problem_types: list[str] | None = None) -> Dataset:
+    """Read and validate one dataset file in its declared format."""
+    convert = CONVERTERS[spec.format]
+    records: list[Record] = []
+    skipped: Counter[str] = Counter()
+    seen: dict[str, str] = {}
+    for index, (where, item) in enumerate(read_items(spec.path)):
+        native = convert(item, where, index)
+        if isinstance(native, str):
+            skipped[native] += 1
+            continue
+        record = parse_record(native, where)
+        if record.id in seen:
+            raise DataError(f"{where}: id {record.id!r} repeats the record at {seen[record.id]}")
+        seen[record.id] = where
+        if problem_types is not None and record.problem_type not in problem_types:
+            skipped[f"problem_type {record.problem_type} not selected"] += 1
+            continue
+        records.append(record)
+    if not records:
+        raise DataError(f"{spec.path}: no usable records (skipped: {dict(skipped) or 'none'})")
+    return Dataset(name=spec.path, records=records, weight=spec.weight, skipped=skipped)
+
+
+def load_split(config: DataConfig, split: Literal["train", "eval"]) -> list[Dataset]:
+    """All datasets of a split, as declared in the data config."""
+    specs = config.train if split == "train" else config.eval
+    return [load_dataset(spec, config.problem_types) for spec in specs]
+
+
+# --------------------------------------------------------------------------- importers
+# Each converter maps one item of a file to a native record dict, or to a string saying why
+# it is skipped (counted, not an error: e.g. image items in a video run). docs/data.md has
+# the field mapping.
+
+_VIDEO_R1_TYPES: dict[str, str] = {
+    "multiple choice": "multiple_choice",
+    "numerical": "numerical",
+    "regression": "numerical",
+    "math": "math",
+    "free-form": "free_form",
+    "OCR": "free_form",
+}
+_ANSWER_TAG = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
+
+
+def from_native(item: Any, where: str, index: int) -> Any:
+    return item
+
+
+def from_video_r1(item: Any, where: str, index: int) -> dict[str, Any] | str:
+    """A Video-R1-260k / Video-R1-COT-165k item."""
+    _require(item, where, ("problem_id", "problem", "problem_type", "path", "solution"))
+    if item.get("data_type", "video") != "video":
+        return f"data_type {item.get('data_type')!r} is not video"
+    kind = _VIDEO_R1_TYPES.get(item["problem_type"])
+    if kind is None:
+        known = ", ".join(sorted(_VIDEO_R1_TYPES))
+        raise DataError(f"{where}: problem_type {item['problem_type']!r} is not one of {known}")
+    match = _ANSWER_TAG.search(str(item["solution"]))
+    record: dict[str, Any] = {
+        "id": f"video_r1-{item['problem_id']}",
+        "video": str(item["path"]).removeprefix("./"),
+        "problem_type": kind,
+        "question": item["problem"],
+        "answer": (match.group(1) if match else str(item["solution"])).strip(),
+        "source": item.get("data_source"),
+    }
+    if kind == "multiple_choice":
+        record["options"] = item.get("options")
+    if item.get("process"):
+        record["meta"] = {"reasoning": item["process"]}
+    return record
+
+
+def from_videoauto_r1(item: Any, where: str, index: int) -> dict[str, Any] | str:
+    """A VideoAuto-R1 training annotation: its Video-R1 subset, Charades-STA / ActivityNet
+    grounding ({video, description, timestamps}), Time-R1 ({video, sentence, timestamp}),
+    NeXT-GQA ({video, question, options, answer, timestamps}) or TVBench-style multiple
+    choice ({video, question, candidates, answer[, start, end]})."""
+    if not isinstance(item, dict):
+        raise DataError(f"{where}: an item must be a JSON object, got {type(item).__name__}")
+    if "problem_id" in item and "solution" in item:
+        return from_video_r1(item, where, index)
+    _require(item, where, ("video",))
+    base: dict[str, Any] = {
+        "id": str(item.get("id", f"videoauto_r1-{index}")),
+        "video": item["video"],
+    }
+    times = item.get("timestamps", item.get("timestamp"))
+    query = item.get("description", item.get("sentence"))
+    if times is not None and query is not None:
+        spans = _spans(times, where)
+        return {
+            **base,
+            "problem_type": "temporal_grounding",
+            "question": f"Locate the start and end timestamps of the segment: {query}",
+            "answer": _span_text(spans[0]),
+            "spans": spans,
+            "meta": {"query": query},
+        }
+    _require(item, where, ("question", "answer"))
+    choices = item.get("candidates", item.get("options", item.get("choices")))
+    if choices is None:
+        raise DataError(
+            f"{where}: not a known VideoAuto-R1 shape (needs description+timestamps, "
+            "sentence+timestamp, or question+options/candidates+answer)"
+        )
+    options, answer = _lettered(choices, str(item["answer"]), where)
+    record = {**base, "question": item["question"], "options": options, "answer": answer}
+    if times is not None:
+        return {**record, "problem_type": "grounded_qa", "spans": _spans(times, where)}
+    if "start" in item and "end" in item:
+        record["span"] = [float(item["start"]), float(item["end"])]
+    return {**record, "problem_type": "multiple_choice"}
+
+
+CONVERTERS = {"reelrl": from_native, "video_r1": from_video_r1, "videoauto_r1": from_videoauto_r1}
+
+
+def _require(item: Any, where: str, keys: tuple[str, ...]) -> None:
+    if not isinstance(item, dict):
+        raise DataError(f"{where}: an item must be a JSON object, got {type(item).__name__}")
+    missing = [k for k in keys if k not in item]
+    if missing:
+        raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
+
+
+def _spans(times: Any, where: str) -> list[list[float]]:
+    pairs = times if times and isinstance(times[0], list | tuple) else [times]
+    try:
+        return [[float(s), float(e)] for s, e in pairs]
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: timestamps {times!r} are not [start, end] pairs") from None
+
+
+def _span_text(span: list[float]) -> str:
+    return f"[{span[0]:.1f}, {span[1]:.1f}]"
+
+
+def _lettered(choices: Any, answer: str, where: str) -> tuple[list[str], str]:
+    """Options as 'A. text' and the answer as a letter, whichever way the source wrote them."""
+    if not isinstance(choices, list) or not choices:
+        raise DataError(f"{where}: options must be a non-empty list, got {choices!r}")
+    choices = [str(c) for c in choices]
+    if all(_option_letter(c) for c in choices):
+        options = choices
+    else:
+        options = [f"{chr(65 + i)}. {c}" for i, c in enumerate(choices)]
+    letters = [_option_letter(o) for o in options]
+    stripped = answer.strip().strip("()").rstrip(".")
+    if stripped in letters:
+        return options, stripped
+    if answer in choices:
+        return options, str(letters[choices.index(answer)])
+    raise DataError(f"{where}: answer {answer!r} is neither an option letter nor an option")
+
+
+# --------------------------------------------------------------------------- mixing
+
+
+@dataclass
+class MixState:
+    """Where a mix is: the step count and, per dataset, (epoch, position in its shuffle).
+    Small and JSON-able so a learner checkpoint stores it."""
+
+    step: int = 0
+    cursors: list[tuple[int, int]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "cursors": [list(c) for c in self.cursors]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MixState:
+        return cls(step=int(data["step"]), cursors=[(int(e), int(p)) for e, p in data["cursors"]])
+
+
+class RecordMixer:
+    """An endless, deterministic stream of records from several datasets mixed by weight.
+
+    Step k picks a dataset from a generator seeded by (seed, k); each dataset is read in a
+    permutation seeded by (seed, dataset, epoch). So the stream depends only on the seed and
+    the state, and restoring a saved `MixState` continues it exactly.
+    """
+
+    def __init__(self, datasets: list[Dataset], seed: int, state: MixState | None = None):
+        if not datasets or any(not d.records for d in datasets):
+            raise DataError("a mix needs at least one dataset, each with records")
+        self.datasets = datasets
+        self.seed = seed
+        weights = np.array([d.weight for d in datasets], dtype=np.float64)
+        self._cdf = np.cumsum(weights / weights.sum())
+        self._orders: dict[tuple[int, int], np.ndarray] = {}
+        self.state = MixState(cursors=[(0, 0)] * len(datasets))
+        if state is not None:
+            self.load_state(state)
+
+    def load_state(self, state: MixState) -> None:
+        if len(state.cursors) != len(self.datasets):
+            raise DataError(
+                f"saved data position has {len(state.cursors)} datasets, the config has "
+                f"{len(self.datasets)}: resume with the same data config"
+            )
+        self.state = MixState(step=state.step, cursors=list(state.cursors))
+
+    def __iter__(self) -> Iterator[Record]:
+        while True:
+            yield self.next()
+
+    def next(self) -> Record:
+        u = np.random.default_rng([self.seed, 0, self.state.step]).random()
+        which = min(int(np.searchsorted(self._cdf, u, side="right")), len(self.datasets) - 1)
+        epoch, pos = self.state.cursors[which]
+        record = self.datasets[which].records[int(self._order(which, epoch)[pos])]
+        pos += 1
+        if pos == len(self.datasets[which].records):
+            epoch, pos = epoch + 1, 0
+            self._orders.pop((which, epoch - 1), None)
+        self.state.cursors[which] = (epoch, pos)
+        self.state.step += 1
+        return record
+
+    def take(self, n: int) -> list[Record]:
+        return [self.next() for _ in range(n)]
+
+    def _order(self, which: int, epoch: int) -> np.ndarray:
+        key = (which, epoch)
+        if key not in self._orders:
+            rng = np.random.default_rng([self.seed, 1, which, epoch])
+            self._orders[key] = rng.permutation(len(self.datasets[which].records))
+        return self._orders[key]
