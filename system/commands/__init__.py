@@ -9,5 +9,6 @@ imports (torch, vllm, ray, ...) happen inside the handler so that `reelrl --help
 COMMANDS = [
     "config",
     "tiny_model",
+    "synth",
     "bench",
 ]
