@@ -1,0 +1,534 @@
+"""The rollout queue: RolloutGroups from actors to learner ranks over one Redis Stream per run.
+
+Keys (prefix = `queue.stream_prefix`): `<prefix>:<run>:rollouts` (the stream, consumer group
+`learner`, one consumer per learner rank), `<prefix>:<run>:dead` (dead letters with their
+reason), `<prefix>:<run>:applied` (set of applied group ids), `<prefix>:<run>:published`
+(group id -> stream id, makes publishing idempotent) and `<prefix>:<run>:counters`.
+
+Delivery is at-least-once; the effect is exactly-once by these rules:
+- Publishing is one Lua script (capacity check, XADD, bookkeeping), idempotent by group id, so a
+  retry after a lost reply adds nothing.
+- Acked entries are XDEL'd in the same MULTI/EXEC as their XACK and the SADD of their group ids
+  to the applied set. The stream is never trimmed by length, so nothing unacked is ever removed,
+  and XLEN is exactly undelivered + pending: the backpressure measure.
+- The learner acks only after the checkpoint holding those steps has committed. A crash between
+  the commit and the ack is closed by the learner's checkpoint state: it records the group ids
+  it applied and passes them to `restore_applied` on restart. Redelivered entries (own pending,
+  claimed from dead consumers) whose group id is applied — in Redis or in that state — are acked
+  and skipped, never returned.
+- A restarted consumer first takes back its own pending entries, then reads new ones; entries
+  idle longer than `min_idle_ms` are claimed with XAUTOCLAIM. A live consumer keeps the entries
+  it holds fresh (touched at least every `min_idle_ms / 4` while it calls the queue), so
+  `min_idle_ms` must exceed the longest gap between a learner's queue calls.
+- Entries that fail to decode or are delivered more than `max_deliveries` times are copied to
+  the dead-letter stream with the reason and acked; consumption goes on.
+- Redis errors of the connection kind are retried with exponential backoff (capped at
+  `reconnect_max_s`); after a reconnect the consumer re-reads its own pending entries, so an
+  entry whose read reply was lost is not stranded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis
+
+from system.config import QueueConfig
+from system.protocol import ProtocolError, RolloutGroup, decode_group, encode_group
+
+log = logging.getLogger("reelrl.queue")
+
+GROUP = "learner"
+PAYLOAD = b"g"
+T = TypeVar("T")
+
+# KEYS: stream, published, counters. ARGV: capacity, group id, payload.
+_PRODUCE = """
+local known = redis.call('HGET', KEYS[2], ARGV[2])
+if known then return {1, known} end
+local n = redis.call('XLEN', KEYS[1])
+if n >= tonumber(ARGV[1]) then return {0, n} end
+local id = redis.call('XADD', KEYS[1], '*', 'g', ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[2], id)
+redis.call('HINCRBY', KEYS[3], 'published', 1)
+return {1, id}
+"""
+
+# KEYS: stream, dead. ARGV: group, stream id, reason, consumer, deliveries.
+# XACK first: a retry after a lost reply finds nothing pending and writes no second letter.
+_DEAD_LETTER = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+local payload = ''
+local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+if e[1] then
+  local f = e[1][2]
+  for i = 1, #f, 2 do if f[i] == 'g' then payload = f[i + 1] end end
+end
+redis.call('XADD', KEYS[2], '*', 'source_id', ARGV[2], 'reason', ARGV[3],
+           'consumer', ARGV[4], 'deliveries', ARGV[5], 'payload', payload)
+redis.call('XDEL', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+class QueueFull(TimeoutError):
+    """`produce` waited `timeout_s` and the queue stayed at capacity."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A decoded group handed to a consumer, with what is needed to ack it."""
+
+    stream_id: str
+    group: RolloutGroup
+    deliveries: int
+    """Times the entry has been delivered, this one included."""
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    """The Redis keys of one run."""
+
+    stream: str
+    dead: str
+    applied: str
+    published: str
+    counters: str
+
+    @classmethod
+    def of(cls, prefix: str, run: str) -> QueueKeys:
+        base = f"{prefix}:{run}"
+        return cls(
+            stream=f"{base}:rollouts",
+            dead=f"{base}:dead",
+            applied=f"{base}:applied",
+            published=f"{base}:published",
+            counters=f"{base}:counters",
+        )
+
+
+class RolloutQueue:
+    """Producer and consumer side of one run's rollout stream (see the module docstring).
+
+    `consumer` names this learner rank in the consumer group; keep it stable across restarts
+    (e.g. `rank3`) so a restarted rank takes back its own pending entries. Producers need none.
+    `on_wait` is called with a readable reason whenever a producer starts waiting on a full
+    queue (and every 30 s while it still waits); the reason is also logged and kept in
+    `wait_reason`.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        run: str,
+        config: QueueConfig,
+        consumer: str | None = None,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> None:
+        if not run or ":" in run:
+            raise ValueError(f"run name {run!r} must be non-empty and contain no ':'")
+        self.client = client
+        self.run = run
+        self.config = config
+        self.consumer = consumer
+        self.keys = QueueKeys.of(config.stream_prefix, run)
+        self.on_wait = on_wait
+        self.wait_reason: str | None = None
+        self.waited_s = 0.0
+        self._produce = client.register_script(_PRODUCE)
+        self._dead = client.register_script(_DEAD_LETTER)
+        self._inflight: dict[str, str] = {}  # stream id -> group id, delivered and not acked
+        self._applied: set[str] = set()  # group ids known applied (acked here or restored)
+        self._drain = True  # take back own pending entries before reading new ones
+        self._claim_cursor = "0-0"
+        now = time.monotonic()
+        self._last_claim = now
+        self._last_touch = now
+        self._call("create group", self._create_group)
+
+    # ----------------------------------------------------------------------- producing
+
+    def produce(self, group: RolloutGroup, timeout_s: float | None = None) -> str:
+        """Publish `group`; waits while the queue is at capacity (never drops). Returns the
+        stream id (the existing one when this group id was already published)."""
+        payload = encode_group(group, self.config.max_message_bytes)
+        return self.produce_encoded(group.group_id, payload, timeout_s)
+
+    def produce_encoded(self, group_id: str, payload: bytes, timeout_s: float | None = None) -> str:
+        """Publish an already-encoded group (see `produce`)."""
+        keys = [self.keys.stream, self.keys.published, self.keys.counters]
+        args = [self.config.capacity, group_id, payload]
+        started = time.monotonic()
+        delay = 0.002
+        next_report = started
+        while True:
+            ok, value = self._call("produce", lambda: self._produce(keys=keys, args=args))
+            if ok:
+                if self.wait_reason is not None:
+                    waited = time.monotonic() - started
+                    self.waited_s += waited
+                    log.info("queue %s has room again after %.1fs", self.keys.stream, waited)
+                    self.wait_reason = None
+                return value.decode()
+            now = time.monotonic()
+            if timeout_s is not None and now - started >= timeout_s:
+                self.wait_reason = None
+                raise QueueFull(f"{self._full_reason(value)}; gave up after {timeout_s}s")
+            if now >= next_report:
+                self._report_wait(self._full_reason(value))
+                next_report = now + 30.0
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+    def _full_reason(self, length: int) -> str:
+        return (
+            f"queue {self.keys.stream} is full: {length} undelivered + pending entries >= "
+            f"capacity {self.config.capacity}; waiting for learners to consume and ack"
+        )
+
+    def _report_wait(self, reason: str) -> None:
+        self.wait_reason = reason
+        log.warning(reason)
+        if self.on_wait is not None:
+            self.on_wait(reason)
+
+    def published(self) -> int:
+        """Groups published to this run so far (all producers)."""
+        value = self._call("published", lambda: self.client.hget(self.keys.counters, "published"))
+        return int(value or 0)
+
+    # ----------------------------------------------------------------------- consuming
+
+    def consume(self, count: int = 1, block_ms: int | None = None) -> list[Delivery]:
+        """Up to `count` decoded groups: first this consumer's own pending entries, then
+        entries idle past `min_idle_ms` elsewhere, then new ones (blocking up to `block_ms`,
+        default `config.block_ms`). May return fewer, or none when nothing arrived in time."""
+        if self.consumer is None:
+            raise ValueError("this RolloutQueue has no consumer name; pass consumer= to consume")
+        self._maybe_touch()
+        if self._drain:
+            got = self._recover(self._own_pending(count))
+            if got:
+                return got
+            self._drain = False
+        if time.monotonic() - self._last_claim >= self._claim_every_s():
+            got = self._recover(self._autoclaim(count))
+            if got:
+                return got
+        block = self.config.block_ms if block_ms is None else block_ms
+        reply = self._call("read", lambda: self._read_new(count, block))
+        out = []
+        for sid, fields in reply:
+            delivery = self._admit(sid, fields, deliveries=1)
+            if delivery is not None:
+                out.append(delivery)
+        return out
+
+    def _read_new(self, count: int, block_ms: int) -> list[tuple[str, dict[bytes, bytes]]]:
+        reply = self.client.xreadgroup(
+            GROUP, self.consumer, {self.keys.stream: ">"}, count=count, block=block_ms
+        )
+        return [(sid.decode(), fields) for _, entries in reply or [] for sid, fields in entries]
+
+    def _admit(
+        self, sid: str, fields: dict[bytes, bytes] | None, deliveries: int
+    ) -> Delivery | None:
+        """Decode one delivered entry; dead-letter it when it is poison."""
+        if deliveries > self.config.max_deliveries:
+            reason = (
+                f"delivered {deliveries} times, over max_deliveries={self.config.max_deliveries}"
+            )
+            self.dead_letter(sid, reason, deliveries)
+            return None
+        payload = (fields or {}).get(PAYLOAD)
+        if payload is None:
+            self.dead_letter(sid, f"entry has no {PAYLOAD.decode()!r} payload field", deliveries)
+            return None
+        try:
+            group = decode_group(payload, self.config.max_message_bytes)
+        except ProtocolError as exc:
+            self.dead_letter(sid, f"undecodable: {exc}", deliveries)
+            return None
+        self._inflight[sid] = group.group_id
+        return Delivery(sid, group, deliveries)
+
+    def _recover(self, entries: list[tuple[str, dict[bytes, bytes] | None, int]]) -> list[Delivery]:
+        """Admit redelivered entries, acking and skipping those already applied."""
+        decoded = [(sid, self._admit(sid, fields, n)) for sid, fields, n in entries]
+        decoded = [(sid, d) for sid, d in decoded if d is not None]
+        if not decoded:
+            return []
+        gids = [d.group.group_id for _, d in decoded]
+        remote = self._call("applied?", lambda: self.client.smismember(self.keys.applied, gids))
+        done = [
+            sid
+            for (sid, d), hit in zip(decoded, remote, strict=True)
+            if hit or d.group.group_id in self._applied
+        ]
+        if done:
+            log.info("skipping %d redelivered groups already applied", len(done))
+            self.ack(done)
+            self._call(
+                "count", lambda: self.client.hincrby(self.keys.counters, "skipped", len(done))
+            )
+        skip = set(done)
+        return [d for sid, d in decoded if sid not in skip]
+
+    def _own_pending(self, count: int) -> list[tuple[str, dict[bytes, bytes] | None, int]]:
+        """Own pending entries not held by this process, re-claimed (delivery count + 1)."""
+        start = "-"
+        while True:
+            rows = self._call("pending", lambda s=start: self._pending_rows(s, max(count, 100)))
+            if not rows:
+                return []
+            ids = [
+                r["message_id"].decode()
+                for r in rows
+                if r["message_id"].decode() not in self._inflight
+            ]
+            if ids:
+                counts = {r["message_id"].decode(): r["times_delivered"] + 1 for r in rows}
+                return self._claim_ids(ids[:count], counts)
+            start = "(" + rows[-1]["message_id"].decode()
+
+    def _pending_rows(self, start: str, count: int) -> list[dict[str, Any]]:
+        return self.client.xpending_range(
+            self.keys.stream, GROUP, start, "+", count, consumername=self.consumer
+        )
+
+    def _claim_ids(
+        self, ids: list[str], counts: dict[str, int]
+    ) -> list[tuple[str, dict[bytes, bytes] | None, int]]:
+        claimed = self._call(
+            "claim", lambda: self.client.xclaim(self.keys.stream, GROUP, self.consumer, 0, ids)
+        )
+        found = {sid.decode(): fields for sid, fields in claimed if sid is not None}
+        gone = [sid for sid in ids if sid not in found]
+        if gone:  # deleted from the stream while pending: nothing to apply
+            self._call("ack", lambda: self.client.xack(self.keys.stream, GROUP, *gone))
+        return [(sid, fields, counts.get(sid, 1)) for sid, fields in found.items()]
+
+    def _autoclaim(self, count: int) -> list[tuple[str, dict[bytes, bytes] | None, int]]:
+        """Entries idle past min_idle_ms (their consumer is presumed dead), now ours."""
+        self._last_claim = time.monotonic()
+        reply = self._call(
+            "autoclaim",
+            lambda: self.client.xautoclaim(
+                self.keys.stream,
+                GROUP,
+                self.consumer,
+                self.config.min_idle_ms,
+                start_id=self._claim_cursor,
+                count=count,
+            ),
+        )
+        self._claim_cursor = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        entries = reply[1]
+        if any(sid is None for sid, _ in entries):
+            self._drain = True  # 6.2 hides ids of deleted entries: the pending scan acks them
+        # Own held entries that went idle stay held: they are not delivered a second time.
+        fresh = [
+            (sid.decode(), fields)
+            for sid, fields in entries
+            if sid is not None and sid.decode() not in self._inflight
+        ]
+        if not fresh:
+            return []
+        log.warning(
+            "claimed %d entries idle > %d ms from dead consumers",
+            len(fresh),
+            self.config.min_idle_ms,
+        )
+        self._call("count", lambda: self.client.hincrby(self.keys.counters, "claimed", len(fresh)))
+        counts = self._delivery_counts([sid for sid, _ in fresh])
+        return [(sid, fields, counts.get(sid, 1)) for sid, fields in fresh]
+
+    def _delivery_counts(self, ids: list[str]) -> dict[str, int]:
+        low, high = min(ids, key=_id_key), max(ids, key=_id_key)
+        span = len(ids) + len(self._inflight)
+        rows = self._call(
+            "pending",
+            lambda: self.client.xpending_range(
+                self.keys.stream, GROUP, low, high, span, consumername=self.consumer
+            ),
+        )
+        return {r["message_id"].decode(): r["times_delivered"] for r in rows}
+
+    def _claim_every_s(self) -> float:
+        return self.config.min_idle_ms / 2000
+
+    # ----------------------------------------------------------------------- acking
+
+    def ack(self, stream_ids: Sequence[str]) -> None:
+        """Acknowledge entries whose effect is committed (the checkpoint holding their steps).
+
+        One MULTI/EXEC: XACK, XDEL and SADD of their group ids to the applied set."""
+        ids = list(stream_ids)
+        if not ids:
+            return
+        gids = [self._inflight[s] for s in ids if s in self._inflight]
+
+        def run() -> None:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.xack(self.keys.stream, GROUP, *ids)
+            pipe.xdel(self.keys.stream, *ids)
+            if gids:
+                pipe.sadd(self.keys.applied, *gids)
+            pipe.execute()
+
+        self._call("ack", run)
+        self._applied.update(gids)
+        for sid in ids:
+            self._inflight.pop(sid, None)
+        self._maybe_touch()
+
+    def restore_applied(self, group_ids: Iterable[str]) -> None:
+        """Mark group ids as applied (from the learner's committed checkpoint state), so their
+        redelivered entries are acked and skipped instead of applied twice."""
+        gids = list(group_ids)
+        if gids:
+            self._call("restore", lambda: self.client.sadd(self.keys.applied, *gids))
+            self._applied.update(gids)
+
+    def dead_letter(self, stream_id: str, reason: str, deliveries: int = 0) -> None:
+        """Move a delivered entry to the dead-letter stream with `reason`, and ack it."""
+        args = [GROUP, stream_id, reason, self.consumer or "", deliveries]
+        moved = self._call(
+            "dead-letter", lambda: self._dead(keys=[self.keys.stream, self.keys.dead], args=args)
+        )
+        self._inflight.pop(stream_id, None)
+        if moved:
+            log.warning("dead-lettered %s of %s: %s", stream_id, self.keys.stream, reason)
+
+    def touch(self) -> None:
+        """Reset the idle time of the entries this consumer holds, so live work is not claimed
+        by another rank. Called from consume/ack; call it in long gaps between them too."""
+        self._last_touch = time.monotonic()
+        if not self._inflight or self.consumer is None:
+            return
+        held = sorted(self._inflight, key=_id_key)
+        rows = self._call(
+            "pending",
+            lambda: self.client.xpending_range(
+                self.keys.stream,
+                GROUP,
+                held[0],
+                held[-1],
+                len(held) + 100,
+                consumername=self.consumer,
+            ),
+        )
+        mine = {r["message_id"].decode() for r in rows}
+        lost = [sid for sid in held if sid not in mine]
+        if lost:
+            log.warning(
+                "%d held entries were claimed by another consumer (idle past min_idle_ms)",
+                len(lost),
+            )
+        keep = [sid for sid in held if sid in mine]
+        if keep:
+            self._call(
+                "touch",
+                lambda: self.client.xclaim(
+                    self.keys.stream, GROUP, self.consumer, 0, keep, justid=True
+                ),
+            )
+
+    def _maybe_touch(self) -> None:
+        if time.monotonic() - self._last_touch >= self.config.min_idle_ms / 4000:
+            self.touch()
+
+    # ----------------------------------------------------------------------- stats
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot: length, pending per consumer, undelivered, dead letters, counters."""
+
+        def run() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xlen(self.keys.stream)
+            pipe.xlen(self.keys.dead)
+            pipe.hgetall(self.keys.counters)
+            pipe.scard(self.keys.applied)
+            pipe.xinfo_consumers(self.keys.stream, GROUP)
+            pipe.xrange(self.keys.stream, "-", "+", count=1)
+            pipe.time()
+            return pipe.execute(raise_on_error=False)
+
+        length, dead, counters, applied, consumers, oldest, now = self._call("stats", run)
+        if isinstance(consumers, Exception):  # no stream or group yet
+            consumers = []
+        per_consumer = {
+            _text(c["name"]): {"pending": int(c["pending"]), "idle_ms": int(c["idle"])}
+            for c in consumers
+        }
+        pending = sum(c["pending"] for c in per_consumer.values())
+        server_s = now[0] + now[1] / 1e6
+        oldest_age = server_s - _id_key(_text(oldest[0][0]))[0] / 1000 if oldest else 0.0
+        counts = {_text(k): int(v) for k, v in counters.items()}
+        return {
+            "stream": self.keys.stream,
+            "time": server_s,
+            "length": int(length),
+            "pending": pending,
+            # XLEN is undelivered + pending because acked entries are deleted with their ack.
+            "undelivered": int(length) - pending,
+            "oldest_age_s": round(max(oldest_age, 0.0), 3),
+            "consumers": per_consumer,
+            "dead_letters": int(dead),
+            "published": counts.get("published", 0),
+            "applied": int(applied),
+            "skipped": counts.get("skipped", 0),
+            "claimed": counts.get("claimed", 0),
+        }
+
+    # ----------------------------------------------------------------------- plumbing
+
+    def _create_group(self) -> None:
+        try:
+            self.client.xgroup_create(self.keys.stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run `fn`, reconnecting with exponential backoff while Redis is unreachable."""
+        delay = 0.05
+        while True:
+            try:
+                return fn()
+            except redis.AuthenticationError:
+                raise
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("redis unreachable during %s (%s); retrying in %.2fs", what, exc, delay)
+                self._drain = True
+                time.sleep(delay)
+                delay = min(delay * 2, self.config.reconnect_max_s)
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # The group vanished (server restarted from an AOF older than it): recreate it.
+                log.warning("consumer group missing on %s; recreating it", self.keys.stream)
+                self._create_group()
+                self._drain = True
+
+
+def rates(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """Published and applied groups per second between two `stats()` snapshots."""
+    dt = max(after["time"] - before["time"], 1e-9)
+    return {
+        "published_per_s": (after["published"] - before["published"]) / dt,
+        "applied_per_s": (after["applied"] - before["applied"]) / dt,
+    }
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _id_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)

