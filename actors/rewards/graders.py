@@ -22,11 +22,15 @@ _NO = {"no", "false", "incorrect"}
 
 def normalize_text(text: str) -> str:
     """Lower-case, `\\text{}` unwrapped, outer punctuation and repeated whitespace removed."""
+    text = " ".join(_unwrap_text(text).lower().split())
+    return text.strip(string.punctuation.replace("(", "").replace(")", "") + " ")
+
+
+def _unwrap_text(text: str) -> str:
     text = text.strip()
     while text.startswith("\\text{") and text.endswith("}"):
         text = text[len("\\text{") : -1].strip()
-    text = " ".join(text.lower().split())
-    return text.strip(string.punctuation.replace("(", "").replace(")", "") + " ")
+    return text
 
 
 def option_letter(answer: str, options: Sequence[str] = ()) -> str | None:
@@ -85,7 +89,8 @@ def parse_number(text: str | None, strict: bool = False) -> float | None:
     is not finite."""
     if text is None:
         return None
-    cleaned = normalize_text(text).replace("$", "").rstrip("%").strip()
+    # normalize_text would strip a leading minus sign; numbers get their own light cleanup.
+    cleaned = _unwrap_text(text).replace("$", "").strip().rstrip(".").rstrip("%").strip()
     if len(cleaned) <= 2 * MAX_NUMBER_CHARS:
         whole = _to_float(cleaned)
         if whole is not None:

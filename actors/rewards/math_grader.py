@@ -52,6 +52,11 @@ class MathVerifier:
                 return False
             return bool(json.loads(line)["ok"])
 
+    def start(self) -> None:
+        """Start the child now (it takes a second or two to import math-verify) if not running."""
+        with self._lock:
+            self._ensure_started()
+
     def close(self) -> None:
         """Stop the child process (a later `equal()` starts a new one)."""
         with self._lock:
