@@ -95,8 +95,13 @@ def _as_array(value: Any, dtype: np.dtype, name: str) -> np.ndarray:
     if want_int and arr.size and (arr.min() < 0 or (wide and arr.max() > _INT32_MAX)):
         raise ProtocolError(name, f"values must lie in [0, {_INT32_MAX}]")
     arr = arr.astype(dtype, copy=False).view()
-    # One float64 reduction instead of isfinite + all: NaN and inf propagate, float32 cannot overflow it.
-    if not want_int and not math.isfinite(arr.sum(dtype=np.float64)):
+    # For float32, one float64 sum replaces isfinite + all: NaN and inf propagate through it and
+    # finite float32 values cannot overflow it.
+    if dtype == _LOGPROBS:
+        finite = math.isfinite(arr.sum(dtype=np.float64))
+    else:
+        finite = want_int or bool(np.isfinite(arr).all())
+    if not finite:
         raise ProtocolError(name, "holds a non-finite value (NaN or inf)")
     arr.flags.writeable = False
     return arr
