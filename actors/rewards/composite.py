@@ -86,23 +86,35 @@ class RewardTarget:
         answer: str = "",
         options: Sequence[str] | None = None,
         spans: Iterable[Sequence[float]] | None = None,
-        phases: Iterable[Mapping[str, Any]] | None = None,
+        phases: Iterable[Mapping[str, Any] | Any] | None = None,
+        time_offset: float = 0.0,
     ) -> RewardTarget:
-        """Build from record fields; spans missing for a grounding type are parsed from `answer`."""
+        """Build from record fields (phases as dicts or objects with name/start/end).
+
+        Spans missing for temporal grounding are parsed from `answer`. `time_offset` is
+        subtracted from every ground-truth time, for a model shown a clip starting there.
+        """
         if problem_type not in MAX_TASK_REWARD:
             raise ValueError(f"unknown problem_type {problem_type!r}")
         span_list = [(float(s[0]), float(s[1])) for s in spans or ()]
         if not span_list and problem_type == "temporal_grounding":
             span_list = parse_spans(answer)
+        phase_list = [_phase(p) for p in phases or ()]
         return cls(
             problem_type=problem_type,  # type: ignore[arg-type]
             answer=answer,
             options=tuple(options or ()),
-            spans=tuple(span_list),
+            spans=tuple((s - time_offset, e - time_offset) for s, e in span_list),
             phases=tuple(
-                Phase(str(p["name"]), float(p["start"]), float(p["end"])) for p in phases or ()
+                Phase(p.name, p.start - time_offset, p.end - time_offset) for p in phase_list
             ),
         )
+
+
+def _phase(item: Mapping[str, Any] | Any) -> Phase:
+    if isinstance(item, Mapping):
+        return Phase(str(item["name"]), float(item["start"]), float(item["end"]))
+    return Phase(str(item.name), float(item.start), float(item.end))
 
 
 @dataclass(frozen=True)

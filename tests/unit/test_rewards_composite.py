@@ -8,6 +8,7 @@ import pytest
 
 from actors.rewards import (
     FALLBACK_ANSWER,
+    Phase,
     RewardTarget,
     has_signal,
     is_correct,
@@ -170,6 +171,15 @@ def test_subaction_target_from_record_fields():
     # a2 credit: (1.0 + (0.5 + 0.5 * 1/2)) / 2 = 0.875 -> correct -> fallback bonus.
     assert score.components["task_a2"] == pytest.approx(0.875)
     assert score.total == pytest.approx(1.1 * 0.875 + 1.0 + 0.3)
+
+
+def test_target_from_phase_objects_with_a_clip_offset():
+    phases = [Phase("open door", 10.0, 12.0)]
+    target = RewardTarget.from_fields(
+        "subaction", "", phases=phases, spans=[[11, 13]], time_offset=10.0
+    )
+    assert target.phases == (Phase("open door", 0.0, 2.0),)
+    assert target.spans == ((1.0, 3.0),)
 
 
 def test_think_answer_and_direct_formats():
