@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ TEMPORAL_PATCH = 2
 SPATIAL_MERGE = 2
 PATCH_SIZE: dict[str, int] = {"qwen2_5_vl": 14, "qwen3_vl": 16}
 VIDEO_BACKEND = "decord"
+_DECORD_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
 
 
 class VideoError(Exception):
@@ -311,7 +313,8 @@ def _open(path: str, height: int | None, width: int | None) -> Any:
     size = {} if height is None else {"height": height, "width": width}
     try:
         reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, **size)
-    except decord.DECORDError as exc:
+    # decord raises RuntimeError ("Error reading ...") for files ffmpeg cannot open at all.
+    except (decord.DECORDError, RuntimeError) as exc:
         raise VideoError(f"{path}: cannot decode video: {_first_line(exc)}") from None
     if len(reader) == 0:
         raise VideoError(f"{path}: video has no frames")
@@ -348,11 +351,12 @@ def _get_batch(path: str, reader: Any, indices: tuple[int, ...]) -> np.ndarray:
         raise VideoError(f"{path}: frame {max(indices)} requested, video has {len(reader)}")
     try:
         frames = reader.get_batch(list(indices)).asnumpy()
-    except decord.DECORDError as exc:
+    except (decord.DECORDError, RuntimeError) as exc:
         raise VideoError(f"{path}: decoding frames failed: {_first_line(exc)}") from None
     return frames
 
 
 def _first_line(exc: Exception) -> str:
     lines = [line for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
+    # decord prefixes "[hh:mm:ss] /its/source.cc:123: "; the rest is the useful part.
+    return _DECORD_PREFIX.sub("", lines[0]) if lines else type(exc).__name__
