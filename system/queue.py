@@ -210,11 +210,13 @@ class RolloutQueue:
         if self.consumer is None:
             raise ValueError("this RolloutQueue has no consumer name; pass consumer= to consume")
         self._maybe_touch()
-        if self._drain:
-            got = self._recover(self._own_pending(count))
+        while self._drain:
+            entries = self._own_pending(count)
+            if not entries:
+                self._drain = False
+            got = self._recover(entries)
             if got:
                 return got
-            self._drain = False
         if time.monotonic() - self._last_claim >= self._claim_every_s():
             got = self._recover(self._autoclaim(count))
             if got:
@@ -237,7 +239,10 @@ class RolloutQueue:
     def _admit(
         self, sid: str, fields: dict[bytes, bytes] | None, deliveries: int
     ) -> Delivery | None:
-        """Decode one delivered entry; dead-letter it when it is poison."""
+        """Decode one delivered entry; dead-letter it when it is poison, skip it when its
+        group is already applied or held here (a reply replayed after a server restart)."""
+        if sid in self._inflight:
+            return None
         if deliveries > self.config.max_deliveries:
             reason = (
                 f"delivered {deliveries} times, over max_deliveries={self.config.max_deliveries}"
@@ -254,7 +259,16 @@ class RolloutQueue:
             self.dead_letter(sid, f"undecodable: {exc}", deliveries)
             return None
         self._inflight[sid] = group.group_id
+        if group.group_id in self._applied:
+            self._skip([sid])
+            return None
         return Delivery(sid, group, deliveries)
+
+    def _skip(self, stream_ids: list[str]) -> None:
+        log.info("skipping %d redelivered groups already applied", len(stream_ids))
+        self.ack(stream_ids)
+        n = len(stream_ids)
+        self._call("count", lambda: self.client.hincrby(self.keys.counters, "skipped", n))
 
     def _recover(self, entries: list[tuple[str, dict[bytes, bytes] | None, int]]) -> list[Delivery]:
         """Admit redelivered entries, acking and skipping those already applied."""
@@ -264,17 +278,9 @@ class RolloutQueue:
             return []
         gids = [d.group.group_id for _, d in decoded]
         remote = self._call("applied?", lambda: self.client.smismember(self.keys.applied, gids))
-        done = [
-            sid
-            for (sid, d), hit in zip(decoded, remote, strict=True)
-            if hit or d.group.group_id in self._applied
-        ]
+        done = [sid for (sid, _), hit in zip(decoded, remote, strict=True) if hit]
         if done:
-            log.info("skipping %d redelivered groups already applied", len(done))
-            self.ack(done)
-            self._call(
-                "count", lambda: self.client.hincrby(self.keys.counters, "skipped", len(done))
-            )
+            self._skip(done)
         skip = set(done)
         return [d for sid, d in decoded if sid not in skip]
 
