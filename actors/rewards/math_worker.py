@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import threading
+import time
 
 
 def _verify(gold: str, pred: str) -> bool:
@@ -24,7 +27,22 @@ def _verify(gold: str, pred: str) -> bool:
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
 
 
+def _die_with_parent() -> None:
+    # A parent killed outright (a Ray actor torn down) cannot kill us, and a comparison stuck
+    # in sympy would never read the closed stdin. A daemon thread notices the parent is gone
+    # (we get re-parented) and exits; sympy is Python code, so the thread gets to run.
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def main() -> None:
+    _die_with_parent()
     # math-verify logs a warning for every call made with its timeout disabled.
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)
     import math_verify  # noqa: F401  (import before announcing readiness)
