@@ -448,48 +448,9 @@ class RolloutQueue:
         if time.monotonic() - self._last_touch >= self.config.min_idle_ms / 4000:
             self.touch()
 
-    # ----------------------------------------------------------------------- stats
-
     def stats(self) -> dict[str, Any]:
-        """A snapshot: length, pending per consumer, undelivered, dead letters, counters."""
-
-        def run() -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.xlen(self.keys.stream)
-            pipe.xlen(self.keys.dead)
-            pipe.hgetall(self.keys.counters)
-            pipe.scard(self.keys.applied)
-            pipe.xinfo_consumers(self.keys.stream, GROUP)
-            pipe.xrange(self.keys.stream, "-", "+", count=1)
-            pipe.time()
-            return pipe.execute(raise_on_error=False)
-
-        length, dead, counters, applied, consumers, oldest, now = self._call("stats", run)
-        if isinstance(consumers, Exception):  # no stream or group yet
-            consumers = []
-        per_consumer = {
-            _text(c["name"]): {"pending": int(c["pending"]), "idle_ms": int(c["idle"])}
-            for c in consumers
-        }
-        pending = sum(c["pending"] for c in per_consumer.values())
-        server_s = now[0] + now[1] / 1e6
-        oldest_age = server_s - _id_key(_text(oldest[0][0]))[0] / 1000 if oldest else 0.0
-        counts = {_text(k): int(v) for k, v in counters.items()}
-        return {
-            "stream": self.keys.stream,
-            "time": server_s,
-            "length": int(length),
-            "pending": pending,
-            # XLEN is undelivered + pending because acked entries are deleted with their ack.
-            "undelivered": int(length) - pending,
-            "oldest_age_s": round(max(oldest_age, 0.0), 3),
-            "consumers": per_consumer,
-            "dead_letters": int(dead),
-            "published": counts.get("published", 0),
-            "applied": int(applied),
-            "skipped": counts.get("skipped", 0),
-            "claimed": counts.get("claimed", 0),
-        }
+        """A snapshot of the run's queue (see `read_stats`)."""
+        return self._call("stats", lambda: read_stats(self.client, self.config, self.run))
 
     # ----------------------------------------------------------------------- plumbing
 
@@ -520,6 +481,49 @@ class RolloutQueue:
                 log.warning("consumer group missing on %s; recreating it", self.keys.stream)
                 self._create_group()
                 self._drain = True
+
+
+def read_stats(client: redis.Redis, config: QueueConfig, run: str) -> dict[str, Any]:
+    """A snapshot of a run's queue, read without changing anything: length, undelivered,
+    pending per consumer, age of the oldest entry, dead letters and counters."""
+    keys = QueueKeys.of(config.stream_prefix, run)
+    pipe = client.pipeline(transaction=False)
+    pipe.xlen(keys.stream)
+    pipe.xlen(keys.dead)
+    pipe.hgetall(keys.counters)
+    pipe.scard(keys.applied)
+    pipe.xinfo_consumers(keys.stream, GROUP)
+    pipe.xrange(keys.stream, "-", "+", count=1)
+    pipe.time()
+    length, dead, counters, applied, consumers, oldest, now = pipe.execute(raise_on_error=False)
+    if isinstance(consumers, redis.ResponseError):  # no stream or group yet
+        consumers = []
+    for value in (length, dead, counters, applied, oldest, now):
+        if isinstance(value, Exception):
+            raise value
+    per_consumer = {
+        _text(c["name"]): {"pending": int(c["pending"]), "idle_ms": int(c["idle"])}
+        for c in consumers
+    }
+    pending = sum(c["pending"] for c in per_consumer.values())
+    server_s = now[0] + now[1] / 1e6
+    oldest_age = server_s - _id_key(_text(oldest[0][0]))[0] / 1000 if oldest else 0.0
+    counts = {_text(k): int(v) for k, v in counters.items()}
+    return {
+        "stream": keys.stream,
+        "time": server_s,
+        "length": int(length),
+        "pending": pending,
+        # XLEN is undelivered + pending because acked entries are deleted with their ack.
+        "undelivered": int(length) - pending,
+        "oldest_age_s": round(max(oldest_age, 0.0), 3),
+        "consumers": per_consumer,
+        "dead_letters": int(dead),
+        "published": counts.get("published", 0),
+        "applied": int(applied),
+        "skipped": counts.get("skipped", 0),
+        "claimed": counts.get("claimed", 0),
+    }
 
 
 def rates(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:

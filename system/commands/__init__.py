@@ -10,5 +10,6 @@ COMMANDS = [
     "config",
     "tiny_model",
     "synth",
+    "queue",
     "bench",
 ]
