@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -177,21 +177,34 @@ def video_codec() -> str:
     return "libx264" if "libx264" in av.codecs_available else "mpeg4"
 
 
-def write_mp4(path: str | Path, frames: np.ndarray, fps: int, gop: int | None = None) -> None:
-    """Encode RGB frames [T, H, W, 3] (even H and W) to an mp4, deterministically."""
+def write_mp4(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: int,
+    gop: int | None = None,
+    x264: dict[str, str] | None = None,
+) -> None:
+    """Encode RGB frames (each [H, W, 3], even H and W; an array or a stream of them) to an
+    mp4, deterministically. `x264` replaces the default libx264 options (fastest encode)."""
     import av
 
     codec = video_codec()
+    stream = None
     with av.open(str(path), mode="w") as container:
-        options = {"preset": "ultrafast", "tune": "zerolatency"} if codec == "libx264" else {}
-        stream = container.add_stream(codec, rate=fps, options=options)
-        stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
-        stream.pix_fmt = "yuv420p"
-        stream.gop_size = gop or 2 * fps
-        # One thread: x264 output then depends only on the pixels, never on scheduling.
-        stream.codec_context.thread_count = 1
         for frame in frames:
+            if stream is None:
+                options = (
+                    {"preset": "ultrafast", "tune": "zerolatency"} if codec == "libx264" else {}
+                )
+                stream = container.add_stream(codec, rate=fps, options=options)
+                stream.width, stream.height = int(frame.shape[1]), int(frame.shape[0])
+                stream.pix_fmt = "yuv420p"
+                stream.gop_size = gop or 2 * fps
+                # One thread: x264 output then depends only on the pixels, never on scheduling.
+                stream.codec_context.thread_count = 1
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        if stream is None:
+            raise ValueError(f"{path}: no frames to write")
         container.mux(stream.encode())
 
 

@@ -12,6 +12,7 @@ sampling are pure functions so they are tested without decoding.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -245,8 +246,7 @@ def decode_video(
 ) -> DecodedVideo:
     """Sample and resize a video under `config`'s frame and token budget."""
     _check_span(path, start, end)
-    # A tiny probe reader: the frame index and fps do not depend on the output size.
-    info = _info(path, _open(path, 32, 32))
+    info = _probe_cached(path, *_file_key(path))
     if start is not None and start >= info.duration:
         raise VideoError(f"{path}: span start {start}s is past the end ({info.duration:.2f}s)")
     plan = plan_frames(
@@ -294,6 +294,23 @@ def frames_hash(frames: np.ndarray) -> str:
     digest.update(repr(frames.shape).encode())
     digest.update(np.ascontiguousarray(frames).tobytes())
     return digest.hexdigest()
+
+
+def _file_key(path: str) -> tuple[int, int]:
+    if "://" in path:
+        return (0, 0)
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        raise VideoError(f"{path}: video file not found") from None
+    return stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=1024)
+def _probe_cached(path: str, mtime_ns: int, size: int) -> VideoInfo:
+    # Keyed by mtime and size so a replaced file is probed again. A tiny reader suffices: the
+    # frame index and fps do not depend on the output size.
+    return _info(path, _open(path, 32, 32))
 
 
 def _check_span(path: str, start: float | None, end: float | None) -> None:

@@ -12,7 +12,7 @@ import importlib
 import json
 
 # Benchmark name -> module under system.benchmarks.
-BENCHMARKS: dict[str, str] = {}
+BENCHMARKS: dict[str, str] = {"video": "video", "queue": "queue"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
