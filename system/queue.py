@@ -3,7 +3,8 @@
 Keys (prefix = `queue.stream_prefix`): `<prefix>:<run>:rollouts` (the stream, consumer group
 `learner`, one consumer per learner rank), `<prefix>:<run>:dead` (dead letters with their
 reason), `<prefix>:<run>:applied` (set of applied group ids), `<prefix>:<run>:published`
-(group id -> stream id, makes publishing idempotent) and `<prefix>:<run>:counters`.
+(group id -> stream id: makes publishing idempotent, and counts it) and
+`<prefix>:<run>:counters` (skipped and claimed entries).
 
 Delivery is at-least-once; the effect is exactly-once by these rules:
 - Publishing is one Lua script (capacity check, XADD, bookkeeping), idempotent by group id, so a
@@ -46,7 +47,7 @@ GROUP = "learner"
 PAYLOAD = b"g"
 T = TypeVar("T")
 
-# KEYS: stream, published, counters. ARGV: capacity, group id, payload.
+# KEYS: stream, published. ARGV: capacity, group id, payload. HLEN(published) counts groups.
 _PRODUCE = """
 local known = redis.call('HGET', KEYS[2], ARGV[2])
 if known then return {1, known} end
@@ -54,7 +55,6 @@ local n = redis.call('XLEN', KEYS[1])
 if n >= tonumber(ARGV[1]) then return {0, n} end
 local id = redis.call('XADD', KEYS[1], '*', 'g', ARGV[3])
 redis.call('HSET', KEYS[2], ARGV[2], id)
-redis.call('HINCRBY', KEYS[3], 'published', 1)
 return {1, id}
 """
 
@@ -160,7 +160,7 @@ class RolloutQueue:
 
     def produce_encoded(self, group_id: str, payload: bytes, timeout_s: float | None = None) -> str:
         """Publish an already-encoded group (see `produce`)."""
-        keys = [self.keys.stream, self.keys.published, self.keys.counters]
+        keys = [self.keys.stream, self.keys.published]
         args = [self.config.capacity, group_id, payload]
         started = time.monotonic()
         delay = 0.002
@@ -198,8 +198,7 @@ class RolloutQueue:
 
     def published(self) -> int:
         """Groups published to this run so far (all producers)."""
-        value = self._call("published", lambda: self.client.hget(self.keys.counters, "published"))
-        return int(value or 0)
+        return self._call("published", lambda: self.client.hlen(self.keys.published))
 
     # ----------------------------------------------------------------------- consuming
 
@@ -491,14 +490,16 @@ def read_stats(client: redis.Redis, config: QueueConfig, run: str) -> dict[str, 
     pipe.xlen(keys.stream)
     pipe.xlen(keys.dead)
     pipe.hgetall(keys.counters)
+    pipe.hlen(keys.published)
     pipe.scard(keys.applied)
     pipe.xinfo_consumers(keys.stream, GROUP)
     pipe.xrange(keys.stream, "-", "+", count=1)
     pipe.time()
-    length, dead, counters, applied, consumers, oldest, now = pipe.execute(raise_on_error=False)
+    reply = pipe.execute(raise_on_error=False)
+    length, dead, counters, published, applied, consumers, oldest, now = reply
     if isinstance(consumers, redis.ResponseError):  # no stream or group yet
         consumers = []
-    for value in (length, dead, counters, applied, oldest, now):
+    for value in (length, dead, counters, published, applied, oldest, now):
         if isinstance(value, Exception):
             raise value
     per_consumer = {
@@ -519,7 +520,7 @@ def read_stats(client: redis.Redis, config: QueueConfig, run: str) -> dict[str, 
         "oldest_age_s": round(max(oldest_age, 0.0), 3),
         "consumers": per_consumer,
         "dead_letters": int(dead),
-        "published": counts.get("published", 0),
+        "published": int(published),
         "applied": int(applied),
         "skipped": counts.get("skipped", 0),
         "claimed": counts.get("claimed", 0),
