@@ -79,32 +79,43 @@ def _check_opt_float(value: Any, name: str) -> float | None:
 
 
 def _as_array(value: Any, dtype: np.dtype, name: str) -> np.ndarray:
-    """A read-only 1-D array of `dtype` (a view when no conversion is needed)."""
+    """A read-only 1-D array of `dtype` holding valid values (a view when no conversion is
+    needed): ids in [0, 2^31), floats finite."""
+    if type(value) is np.ndarray and value.dtype == dtype and value.ndim == 1:
+        arr = value  # the decoder's case: already the wire dtype
+    else:
+        arr = _convert(value, dtype, name)
+    if dtype.kind == "i":
+        if arr.size and arr.min() < 0:
+            raise ProtocolError(name, f"values must lie in [0, {_INT32_MAX}]")
+    elif dtype == _LOGPROBS:
+        # One float64 sum replaces isfinite + all: NaN and inf propagate through it, and
+        # finite float32 values cannot overflow it.
+        if not math.isfinite(arr.sum(dtype=np.float64)):
+            raise ProtocolError(name, "holds a non-finite value (NaN or inf)")
+    elif not np.isfinite(arr).all():
+        raise ProtocolError(name, "holds a non-finite value (NaN or inf)")
+    if arr.flags.writeable:
+        arr = arr.view()
+        arr.flags.writeable = False
+    return arr
+
+
+def _convert(value: Any, dtype: np.dtype, name: str) -> np.ndarray:
     arr = np.asarray(value)
     if arr.ndim != 1:
         raise ProtocolError(name, f"must be 1-D, got shape {arr.shape}")
-    want_int = dtype.kind == "i"
     if arr.size == 0:
-        arr = arr.astype(dtype)
-    elif want_int and arr.dtype.kind not in "iu":
-        raise ProtocolError(name, f"must hold integers, got dtype {arr.dtype}")
-    elif not want_int and arr.dtype.kind not in "fiu":
+        return arr.astype(dtype)
+    if dtype.kind == "i":
+        if arr.dtype.kind not in "iu":
+            raise ProtocolError(name, f"must hold integers, got dtype {arr.dtype}")
+        # Checked before narrowing, which would wrap silently.
+        if arr.min() < 0 or arr.max() > _INT32_MAX:
+            raise ProtocolError(name, f"values must lie in [0, {_INT32_MAX}]")
+    elif arr.dtype.kind not in "fiu":
         raise ProtocolError(name, f"must hold numbers, got dtype {arr.dtype}")
-    # int32 input cannot exceed the upper bound; wider input is checked before narrowing.
-    wide = arr.dtype.itemsize > 4 or arr.dtype.kind == "u"
-    if want_int and arr.size and (arr.min() < 0 or (wide and arr.max() > _INT32_MAX)):
-        raise ProtocolError(name, f"values must lie in [0, {_INT32_MAX}]")
-    arr = arr.astype(dtype, copy=False).view()
-    # For float32, one float64 sum replaces isfinite + all: NaN and inf propagate through it and
-    # finite float32 values cannot overflow it.
-    if dtype == _LOGPROBS:
-        finite = math.isfinite(arr.sum(dtype=np.float64))
-    else:
-        finite = want_int or bool(np.isfinite(arr).all())
-    if not finite:
-        raise ProtocolError(name, "holds a non-finite value (NaN or inf)")
-    arr.flags.writeable = False
-    return arr
+    return arr.astype(dtype, copy=False)
 
 
 def _check_meta(value: Any, name: str) -> dict[str, Scalar]:
@@ -515,10 +526,10 @@ def _decode_samples(wire: dict[str, Any]) -> tuple[RolloutSample, ...]:
             _check_str(reasons[i], f"finish_reasons[{i}]")
     samples = []
     offset = 0
+    _set = object.__setattr__
     for i, n in enumerate(lens.tolist()):
         # Everything was checked once for the whole group above: build without re-checking.
         sample = object.__new__(RolloutSample)
-        _set = object.__setattr__
         _set(sample, "completion_ids", ids[offset : offset + n])
         _set(sample, "logprobs", logprobs[offset : offset + n])
         _set(sample, "reward", rewards[i])
