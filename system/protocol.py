@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import msgpack
@@ -368,42 +368,13 @@ def _encode_vision(ref: VisionRef) -> dict[str, Any]:
     }
 
 
+# Wire keys follow the dataclass fields; samples travel as parallel per-group arrays and lists.
+_SAMPLE_KEYS = ("completion_lens", "completion_ids", "logprobs", "rewards", "reward_components")
 _GROUP_KEYS = frozenset(
-    [
-        "schema",
-        "run_id",
-        "group_id",
-        "record_id",
-        "weight_version",
-        "created_at",
-        "finished_at",
-        "prompt_ids",
-        "vision",
-        "completion_lens",
-        "completion_ids",
-        "logprobs",
-        "rewards",
-        "reward_components",
-        "finish_reasons",
-        "problem_type",
-        "answer",
-        "stage",
-        "meta",
-    ]
+    {"schema", *_SAMPLE_KEYS, "finish_reasons"}
+    | {f.name for f in fields(RolloutGroup)} - {"samples"}
 )
-_VISION_KEYS = frozenset(
-    [
-        "path",
-        "frame_indices",
-        "height",
-        "width",
-        "fps",
-        "timestamps",
-        "content_hash",
-        "start",
-        "end",
-    ]
-)
+_VISION_KEYS = frozenset(f.name for f in fields(VisionRef))
 
 
 def decode_group(

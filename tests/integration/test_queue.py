@@ -168,3 +168,41 @@ def test_live_consumer_keeps_its_entries(queue_config, redis_run):
     time.sleep(0.3)  # the holder goes silent past min_idle: it counts as dead
     [claimed] = drain(other, 1)
     assert claimed.stream_id == held.stream_id and claimed.deliveries == 2
+
+
+def test_queue_stats_command(queue_config, redis_run, redis_server, capsys):
+    import json
+
+    from system.cli import main
+
+    producer = make_queue(queue_config, redis_run)
+    consumer = make_queue(queue_config, redis_run, consumer="rank0")
+    for i in range(3):
+        producer.produce(rollout_group(redis_run, seed=i))
+    consumer.ack([d.stream_id for d in drain(consumer, 2)[:1]])
+    args = ["queue", "stats", "--redis", redis_server.url, "--run", redis_run, "--interval", "0"]
+    assert main([*args, "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["length"], stats["pending"], stats["undelivered"]) == (2, 1, 1)
+    assert (stats["published"], stats["applied"]) == (3, 1)
+    assert stats["consumers"]["rank0"]["pending"] == 1
+    assert main(args) == 0
+    assert "undelivered 1 + pending 1" in capsys.readouterr().out
+    assert main([*args[:-4], "--run", "nosuchrun"]) == 2
+    assert "no queue for run 'nosuchrun'" in capsys.readouterr().err
+    assert main([*args, "--password-env", "UNSET_VAR_FOR_TEST"]) == 2
+    assert "requires a password: set $UNSET_VAR_FOR_TEST" in capsys.readouterr().err
+
+
+def test_benchmark_quick_run_reports_its_figures(capsys):
+    import argparse
+
+    from system.benchmarks.queue import run
+
+    figures = run(argparse.Namespace(quick=True, json=True))
+    table = capsys.readouterr().out
+    assert "ours / raw" in table and "decode (validated)" in table
+    assert figures["message_bytes"] > 40_000  # G=8 x 512 tokens + 2k prompt, as specified
+    for key in ("encode_mb_s", "decode_mb_s", "ours_groups_s", "raw_groups_s", "ours_p99_ms"):
+        assert figures[key] > 0
+    assert figures["ours_p50_ms"] <= figures["ours_p99_ms"]
