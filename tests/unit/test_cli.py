@@ -1,0 +1,39 @@
+"""The CLI parses before any heavy import, so `reelrl --help` stays instant."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from system.cli import build_parser, main
+
+HEAVY = ["torch", "transformers", "vllm", "ray", "deepspeed", "redis", "decord", "numpy"]
+
+
+def test_building_the_parser_imports_nothing_heavy():
+    code = (
+        "import sys; from system.cli import build_parser; build_parser(); "
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for name in ("config", "tiny-model", "bench"):
+        assert name in text
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["no-such-command"])
+    assert info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
