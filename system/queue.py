@@ -118,7 +118,7 @@ class RolloutQueue:
     (e.g. `rank3`) so a restarted rank takes back its own pending entries. Producers need none.
     `on_wait` is called with a readable reason whenever a producer starts waiting on a full
     queue (and every 30 s while it still waits); the reason is also logged and kept in
-    `wait_reason`.
+    `wait_reason`. An instance is not thread-safe: give each thread its own.
     """
 
     def __init__(
@@ -160,6 +160,11 @@ class RolloutQueue:
 
     def produce_encoded(self, group_id: str, payload: bytes, timeout_s: float | None = None) -> str:
         """Publish an already-encoded group (see `produce`)."""
+        if len(payload) > self.config.max_message_bytes:
+            raise ProtocolError(
+                "payload",
+                f"is {len(payload)} bytes, over queue.max_message_bytes={self.config.max_message_bytes}",
+            )
         keys = [self.keys.stream, self.keys.published]
         args = [self.config.capacity, group_id, payload]
         started = time.monotonic()
@@ -371,7 +376,9 @@ class RolloutQueue:
     def ack(self, stream_ids: Sequence[str]) -> None:
         """Acknowledge entries whose effect is committed (the checkpoint holding their steps).
 
-        One MULTI/EXEC: XACK, XDEL and SADD of their group ids to the applied set."""
+        One MULTI/EXEC: XACK, XDEL and SADD of their group ids to the applied set. Ids must come
+        from this instance's deliveries; for groups applied before a restart use
+        `restore_applied`."""
         ids = list(stream_ids)
         if not ids:
             return
