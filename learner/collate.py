@@ -1,0 +1,241 @@
+"""Batch collation for the learner: rollout groups (and SFT examples) to padded micro-batches
+of video + text sequences.
+
+A group carries its prompt exactly as the rollout engine tokenised it — the video placeholder
+already expanded to N `<|video_pad|>` tokens — and a `VisionRef`. The learner re-decodes the
+frames with `system.video.decode_ref` (hash-checked), runs the processor's video path on them
+(`processor_kwargs()`: no resampling, no resizing) to get `pixel_values_videos`,
+`video_grid_thw` (and Qwen2.5-VL's `second_per_grid_ts`), and checks that the prompt's pad
+count equals both `grid.prod() / merge²` and the reference's predicted token count. Any
+mismatch raises `GroupRejected` with the reason; the worker dead-letters the group. Sequences
+are prompt + completion; the loss mask marks the positions whose next token is a completion
+token, so logits at position t are scored against token t + 1.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from system.config import Family
+from system.protocol import RolloutGroup, VisionRef
+from system.video import SPATIAL_MERGE, VideoError, decode_ref, processor_kwargs
+
+VIDEO_PAD = "<|video_pad|>"
+_PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
+
+
+class GroupRejected(ValueError):
+    """A group the learner cannot train on; the message is the dead-letter reason."""
+
+
+@dataclass(frozen=True)
+class VisionInputs:
+    """Processor outputs for one video."""
+
+    pixel_values_videos: torch.Tensor
+    """[patches, C * T_patch * P * P]"""
+    video_grid_thw: torch.Tensor
+    """[1, 3] (t, h, w) in patches"""
+    second_per_grid_ts: torch.Tensor | None
+    """[1] seconds per temporal patch (Qwen2.5-VL only)."""
+    tokens: int
+    """Visual tokens the LLM sees (grid.prod() / merge²)."""
+
+
+@dataclass
+class Sequence:
+    """One training sequence: prompt + completion ids, what to score, and its video."""
+
+    input_ids: torch.Tensor
+    """[T] int64"""
+    prompt_len: int
+    advantage: float = 1.0
+    behaviour_logprobs: torch.Tensor | None = None
+    """[T - prompt_len] float32 (None for SFT)."""
+    vision: VisionInputs | None = None
+    group_id: str = ""
+
+
+@dataclass
+class MicroBatch:
+    """Padded tensors of a few sequences; `weight` 0 marks a filler batch that only keeps the
+    ranks' collectives in step (its loss is multiplied by 0)."""
+
+    input_ids: torch.Tensor  # [B, L]
+    attention_mask: torch.Tensor  # [B, L]
+    mm_token_type_ids: torch.Tensor  # [B, L]
+    targets: torch.Tensor  # [B, L]: the token at t + 1
+    loss_mask: torch.Tensor  # [B, L]: 1 where targets[t] is a completion token
+    behaviour_logprobs: torch.Tensor  # [B, L], aligned with targets
+    advantages: torch.Tensor  # [B]
+    vision: dict[str, torch.Tensor] = field(default_factory=dict)
+    weight: float = 1.0
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.loss_mask.sum())
+
+    @property
+    def num_sequences(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "mm_token_type_ids": self.mm_token_type_ids,
+            **self.vision,
+        }
+
+    def filler(self) -> MicroBatch:
+        """The same inputs with weight 0 (for a rank with fewer micro-batches than others)."""
+        return replace(self, weight=0.0)
+
+    def to(self, device: torch.device | str) -> MicroBatch:
+        moved = {
+            k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()
+        }
+        moved["vision"] = {k: v.to(device) for k, v in self.vision.items()}
+        return MicroBatch(**moved)
+
+
+class Collator:
+    """Turns groups into sequences and sequences into micro-batches for one model family."""
+
+    def __init__(self, processor: Any, family: Family, cache_videos: int = 8) -> None:
+        self.processor = processor
+        self.family = family
+        self.tokenizer = processor.tokenizer
+        self.video_pad_id = int(self.tokenizer.convert_tokens_to_ids(VIDEO_PAD))
+        self.pad_id = int(self.tokenizer.pad_token_id)
+        self._cache: OrderedDict[str, VisionInputs] = OrderedDict()
+        self._cache_size = cache_videos
+
+    # ------------------------------------------------------------------ vision
+
+    def vision_inputs(self, ref: VisionRef) -> VisionInputs:
+        """Re-decode `ref` and run the processor's video path (cached by content hash)."""
+        key = f"{ref.path}|{ref.content_hash}"
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        try:
+            video = decode_ref(ref, self.family)
+        except VideoError as exc:
+            raise GroupRejected(f"video re-decode failed: {exc}") from None
+        out = self.processor(
+            text=[_PLACEHOLDER],
+            videos=[video.frames],
+            video_metadata=[video.model_metadata()],
+            return_tensors="pt",
+            **processor_kwargs(),
+        )
+        grid = out["video_grid_thw"]  # [1, 3]
+        tokens = int(grid.prod()) // SPATIAL_MERGE**2
+        if tokens != video.tokens:
+            raise GroupRejected(
+                f"processor made {tokens} video tokens from {ref.path}, the reference predicts "
+                f"{video.tokens}"
+            )
+        spg = out.get("second_per_grid_ts")
+        inputs = VisionInputs(
+            pixel_values_videos=out["pixel_values_videos"],
+            video_grid_thw=grid,
+            second_per_grid_ts=None if spg is None else torch.as_tensor(spg, dtype=torch.float32),
+            tokens=tokens,
+        )
+        self._cache[key] = inputs
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return inputs
+
+    def check_prompt(self, prompt_ids: torch.Tensor, vision: VisionInputs | None) -> None:
+        """The prompt's video-pad count must equal the visual tokens of its video."""
+        pads = int((prompt_ids == self.video_pad_id).sum())
+        want = 0 if vision is None else vision.tokens
+        if pads != want:
+            raise GroupRejected(
+                f"prompt has {pads} video-pad tokens but the re-decoded video gives {want}: "
+                "the prompt was tokenised with a different video plan or processor"
+            )
+
+    # ------------------------------------------------------------------ groups
+
+    def group_sequences(self, group: RolloutGroup, advantages: torch.Tensor) -> list[Sequence]:
+        """The G sequences of a group; advantages [G]. Raises GroupRejected."""
+        prompt = torch.from_numpy(group.prompt_ids.astype(np.int64))  # [P]
+        vision = None if group.vision is None else self.vision_inputs(group.vision)
+        self.check_prompt(prompt, vision)
+        out = []
+        for sample, adv in zip(group.samples, advantages.tolist(), strict=True):
+            completion = torch.from_numpy(sample.completion_ids.astype(np.int64))  # [C]
+            if completion.numel() == 0:
+                continue  # nothing to score
+            out.append(
+                Sequence(
+                    input_ids=torch.cat([prompt, completion]),
+                    prompt_len=prompt.numel(),
+                    advantage=float(adv),
+                    behaviour_logprobs=torch.from_numpy(sample.logprobs.astype(np.float32)),
+                    vision=vision,
+                    group_id=group.group_id,
+                )
+            )
+        if not out:
+            raise GroupRejected("every completion of the group is empty")
+        return out
+
+    # ------------------------------------------------------------------ batching
+
+    def micro_batches(self, seqs: list[Sequence], size: int) -> list[MicroBatch]:
+        """Sequences in order, `size` per micro-batch (longest first would pad less, but the
+        order keeps a step reproducible across restarts)."""
+        return [self.collate(seqs[i : i + size]) for i in range(0, len(seqs), size)]
+
+    def collate(self, seqs: list[Sequence]) -> MicroBatch:
+        """Right-pad sequences into one micro-batch."""
+        if not seqs:
+            raise ValueError("collate needs at least one sequence")
+        length = max(s.input_ids.numel() for s in seqs)
+        b = len(seqs)
+        ids = torch.full((b, length), self.pad_id, dtype=torch.int64)  # [B, L]
+        attn = torch.zeros(b, length, dtype=torch.int64)  # [B, L]
+        targets = torch.full((b, length), self.pad_id, dtype=torch.int64)  # [B, L]
+        mask = torch.zeros(b, length, dtype=torch.float32)  # [B, L]
+        behaviour = torch.zeros(b, length, dtype=torch.float32)  # [B, L]
+        for i, s in enumerate(seqs):
+            n, p = s.input_ids.numel(), s.prompt_len
+            ids[i, :n] = s.input_ids
+            attn[i, :n] = 1
+            targets[i, : n - 1] = s.input_ids[1:]
+            mask[i, p - 1 : n - 1] = 1.0
+            if s.behaviour_logprobs is not None:
+                behaviour[i, p - 1 : n - 1] = s.behaviour_logprobs
+        types = torch.tensor(self.processor.create_mm_token_type_ids(ids.tolist()))  # [B, L]
+        return MicroBatch(
+            input_ids=ids,
+            attention_mask=attn,
+            mm_token_type_ids=types * attn,
+            targets=targets,
+            loss_mask=mask,
+            behaviour_logprobs=behaviour,
+            advantages=torch.tensor([s.advantage for s in seqs], dtype=torch.float32),
+            vision=_stack_vision([s.vision for s in seqs if s.vision is not None]),
+        )
+
+
+def _stack_vision(videos: list[VisionInputs]) -> dict[str, torch.Tensor]:
+    if not videos:
+        return {}
+    out = {
+        "pixel_values_videos": torch.cat([v.pixel_values_videos for v in videos]),
+        "video_grid_thw": torch.cat([v.video_grid_thw for v in videos]),
+    }
+    if videos[0].second_per_grid_ts is not None:
+        out["second_per_grid_ts"] = torch.cat([v.second_per_grid_ts for v in videos])
+    return out

@@ -1,0 +1,96 @@
+"""Supervised fine-tuning on the learner's engine: SFT examples from dataset records and the
+SFT loss (negative log-likelihood of the completion tokens only).
+
+Used by the progressive stages 1 (text reasoning) and 2 (video SFT). An example is a dataset
+record (system.data) rendered into the same chat prompt the rollout actors use
+(actors.prompts), its video decoded under the run's budget (system.video), and a target
+completion text in the run's output format — e.g. answer-twice:
+`\\boxed{A}<think>...</think>\\boxed{A}` — followed by the end-of-turn token. The sequences go
+through the same collation, engine, checkpoint and export code as GRPO; only the loss differs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from actors.prompts import OutputFormat, build_messages, render_prompt
+from learner.collate import Collator, Sequence
+from learner.grpo import aggregate, token_logprobs
+from system.config import VideoConfig
+from system.data import Record, resolve_video
+from system.video import DecodedVideo, decode_video, processor_kwargs
+
+END_OF_TURN = "<|im_end|>"
+
+
+def sft_target(record: Record, fmt: OutputFormat, reasoning: str | None = None) -> str:
+    """The completion text an SFT example teaches, in output format `fmt`.
+
+    `reasoning` defaults to the record's `meta["reasoning"]` (a reference trace), else a short
+    placeholder sentence."""
+    answer = record.answer.strip()
+    thought = reasoning or str(record.meta.get("reasoning") or "Let me look at the video.")
+    if fmt == "answer_twice":
+        return f"\\boxed{{{answer}}}<think>{thought}</think>\\boxed{{{answer}}}"
+    if fmt == "think_answer":
+        return f"<think>{thought}</think><answer>{answer}</answer>"
+    return f"\\boxed{{{answer}}}"
+
+
+def encode_prompt(
+    processor: Any, record: Record, video: DecodedVideo, fmt: OutputFormat
+) -> torch.Tensor:
+    """Prompt token ids [P] with the video placeholder expanded, as the rollout engine sees
+    them (same messages, chat template and processor options)."""
+    messages = build_messages(record.question, record.problem_type, fmt, record.options or ())
+    text = render_prompt(processor, messages)
+    out = processor(
+        text=[text],
+        videos=[video.frames],
+        video_metadata=[video.model_metadata()],
+        return_tensors="pt",
+        **processor_kwargs(),
+    )
+    return out["input_ids"][0]
+
+
+def sft_sequence(
+    collator: Collator,
+    record: Record,
+    target: str,
+    video_config: VideoConfig,
+    root: str,
+    fmt: OutputFormat,
+) -> Sequence:
+    """One SFT sequence: the record's prompt + video, then `target` and the end-of-turn."""
+    start, end = record.span if record.span else (None, None)
+    video = decode_video(resolve_video(record, root), video_config, collator.family, start, end)
+    prompt = encode_prompt(collator.processor, record, video, fmt)  # [P]
+    vision = collator.vision_inputs(video.ref)
+    collator.check_prompt(prompt, vision)
+    completion = collator.tokenizer(target + END_OF_TURN, add_special_tokens=False)["input_ids"]
+    completion = torch.tensor(completion, dtype=torch.int64)  # [C]
+    return Sequence(
+        input_ids=torch.cat([prompt, completion]),
+        prompt_len=prompt.numel(),
+        vision=vision,
+        group_id=record.id,
+    )
+
+
+def sft_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    total_tokens: float | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Token-mean NLL of the completion tokens: logits [B, L, V], targets [B, L], mask [B, L].
+
+    Returns (loss, metrics); `total_tokens` is the step-wide count when this is a part."""
+    logprobs = token_logprobs(logits, targets)  # [B, L]
+    loss = aggregate(-logprobs, mask, "token_mean", total_tokens)
+    with torch.no_grad():
+        nll = float(aggregate(-logprobs, mask, "token_mean"))
+    return loss, {"nll": nll}

@@ -1,0 +1,139 @@
+"""Collation of rollout groups: re-decoded video inputs, prompt checks, masks and alignment,
+and the model seeing exactly what the processor would have given it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from learner.collate import Collator, GroupRejected
+from learner.sft import encode_prompt
+from system.config import VideoConfig
+from system.data import Record
+from system.protocol import RolloutGroup, RolloutSample, VisionRef
+from system.video import decode_video, processor_kwargs
+
+BUDGET = VideoConfig(
+    num_frames=4, max_frames=4, max_video_tokens=64, min_pixels=3136, max_pixels=12544
+)
+
+
+def _record(dataset) -> Record:
+    return Record(**json.loads((dataset / "train.jsonl").read_text().splitlines()[0]))
+
+
+def _group(prompt, ref, completions, rewards) -> RolloutGroup:
+    samples = [
+        RolloutSample(np.array(c, dtype=np.int32), -np.ones(len(c), np.float32), r)
+        for c, r in zip(completions, rewards, strict=True)
+    ]
+    return RolloutGroup(
+        run_id="t",
+        group_id=RolloutGroup.new_group_id(),
+        record_id="r",
+        weight_version=0,
+        created_at=0.0,
+        finished_at=0.0,
+        prompt_ids=prompt.numpy().astype(np.int32),
+        vision=ref,
+        samples=samples,
+    )
+
+
+@pytest.fixture
+def setup(tiny_model, synthetic_dataset):
+    from transformers import AutoProcessor
+
+    family, path = tiny_model
+    processor = AutoProcessor.from_pretrained(path)
+    record = _record(synthetic_dataset)
+    video = decode_video(str(synthetic_dataset / record.video), BUDGET, family)
+    prompt = encode_prompt(processor, record, video, "answer_twice")
+    return family, path, processor, video, prompt
+
+
+def test_group_to_micro_batches_alignment(setup):
+    family, _, processor, video, prompt = setup
+    collator = Collator(processor, family)
+    group = _group(prompt, video.ref, [[5, 6, 7], [8, 9]], [1.0, 0.0])
+    seqs = collator.group_sequences(group, torch.tensor([1.0, -1.0]))
+    assert [s.prompt_len for s in seqs] == [prompt.numel()] * 2
+    (mb,) = collator.micro_batches(seqs, size=2)
+    p = prompt.numel()
+    assert mb.input_ids.shape == (2, p + 3)
+    # Row 0: positions p-1..p+1 predict 5, 6, 7; row 1 is padded after p+2.
+    assert mb.targets[0, p - 1 : p + 2].tolist() == [5, 6, 7]
+    assert mb.loss_mask[0].nonzero().flatten().tolist() == [p - 1, p, p + 1]
+    assert mb.loss_mask[1].nonzero().flatten().tolist() == [p - 1, p]
+    assert mb.attention_mask[1].tolist() == [1] * (p + 2) + [0]
+    assert mb.behaviour_logprobs[0, p - 1 : p + 2].tolist() == [-1.0] * 3
+    assert mb.advantages.tolist() == [1.0, -1.0]
+    assert mb.vision["video_grid_thw"].shape == (2, 3)
+    assert mb.num_tokens == 5 and mb.filler().weight == 0.0
+
+
+def test_model_sees_what_the_processor_gives(setup):
+    """Logits from our collated inputs equal logits from the processor's own inputs."""
+    from transformers import AutoModelForImageTextToText
+
+    from actors.prompts import build_messages, render_prompt
+
+    family, path, processor, video, _ = setup
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+
+    record_messages = build_messages("In which direction does the square move?",
+                                     "multiple_choice", "answer_twice",
+                                     ["A. left", "B. right", "C. up", "D. down"])  # fmt: skip
+    text = render_prompt(processor, record_messages)
+    ref_inputs = processor(
+        text=[text], videos=[video.frames], video_metadata=[video.model_metadata()],
+        return_tensors="pt", **processor_kwargs(),
+    )  # fmt: skip
+    collator = Collator(processor, family)
+    ids = ref_inputs["input_ids"][0]
+    group = _group(ids[:-2], video.ref, [ids[-2:].tolist()], [1.0])
+    (mb,) = collator.micro_batches(collator.group_sequences(group, torch.zeros(1)), 1)
+    assert torch.equal(mb.input_ids, ref_inputs["input_ids"])
+    with torch.no_grad():
+        ours = model(**mb.model_inputs()).logits
+        theirs = model(**ref_inputs).logits
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_pad_count_mismatch_is_rejected(setup):
+    family, _, processor, video, prompt = setup
+    collator = Collator(processor, family)
+    pad = collator.video_pad_id
+    short = prompt[prompt != pad][:10]  # no video pads at all
+    with pytest.raises(GroupRejected, match="video-pad tokens"):
+        collator.group_sequences(_group(short, video.ref, [[5]], [1.0]), torch.ones(1))
+    extra = torch.cat([prompt, torch.tensor([pad])])
+    with pytest.raises(GroupRejected, match=r"prompt has \d+ video-pad tokens"):
+        collator.group_sequences(_group(extra, video.ref, [[5]], [1.0]), torch.ones(1))
+
+
+def test_changed_video_is_rejected(setup, tmp_path):
+    family, _, processor, video, prompt = setup
+    ref = video.ref
+    bad = VisionRef(ref.path, ref.frame_indices, ref.height, ref.width, ref.fps,
+                    ref.timestamps, "0" * 32)  # fmt: skip
+    collator = Collator(processor, family)
+    with pytest.raises(GroupRejected, match="re-decode failed"):
+        collator.group_sequences(_group(prompt, bad, [[5]], [1.0]), torch.ones(1))
+    missing = VisionRef(str(tmp_path / "gone.mp4"), ref.frame_indices, ref.height, ref.width,
+                        ref.fps, ref.timestamps, ref.content_hash)  # fmt: skip
+    with pytest.raises(GroupRejected, match="not found"):
+        collator.group_sequences(_group(prompt, missing, [[5]], [1.0]), torch.ones(1))
+
+
+def test_text_only_group(setup):
+    family, _, processor, _, _ = setup
+    collator = Collator(processor, family)
+    prompt = torch.tensor(processor.tokenizer("hello there")["input_ids"])
+    (mb,) = collator.micro_batches(
+        collator.group_sequences(_group(prompt, None, [[5, 6]], [1.0]), torch.ones(1)), 4
+    )
+    assert mb.vision == {} and mb.num_tokens == 2
