@@ -17,6 +17,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Family = Literal["qwen2_5_vl", "qwen3_vl"]
+# The task kinds a dataset record can be; each has its grader in actors/rewards.
+ProblemType = Literal[
+    "multiple_choice",
+    "numerical",
+    "math",
+    "temporal_grounding",
+    "grounded_qa",
+    "free_form",
+    "subaction",
+]
 
 
 class ConfigError(ValueError):
@@ -75,7 +85,7 @@ class DataConfig(_Section):
     """Generate the synthetic video tasks when their files are missing."""
     shuffle_seed: int = 0
     """Seed of the deterministic shuffle."""
-    problem_types: list[str] | None = None
+    problem_types: list[ProblemType] | None = None
     """Keep only these problem types (None keeps all)."""
 
 

@@ -20,17 +20,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from system.config import DataConfig, DatasetSpec
+from system.config import DataConfig, DatasetSpec, ProblemType
 
-ProblemType = Literal[
-    "multiple_choice",
-    "numerical",
-    "math",
-    "temporal_grounding",
-    "grounded_qa",
-    "free_form",
-    "subaction",
-]
 _LETTER = re.compile(r"^\s*\(?([A-Z])[\.\):]")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from actors.rewards.extract import (
     extract_direct_answer,
@@ -31,17 +31,7 @@ from actors.rewards.temporal import (
     subaction_credit,
     temporal_iou,
 )
-from system.config import RewardsConfig
-
-ProblemType = Literal[
-    "multiple_choice",
-    "numerical",
-    "math",
-    "temporal_grounding",
-    "grounded_qa",
-    "free_form",
-    "subaction",
-]
+from system.config import ProblemType, RewardsConfig
 
 MAX_TASK_REWARD: dict[str, float] = {
     "multiple_choice": 1.0,
