@@ -1,0 +1,286 @@
+"""The rollout engine: one small interface (`RolloutEngine`) over vLLM's async engine.
+
+Owns how an actor talks to its inference engine: G sampled completions per prompt with the
+completion token ids and the behaviour log-prob of every sampled token (vLLM's raw log-probs,
+i.e. of the model's distribution before temperature / top-p), the prompt ids exactly as the
+engine saw them, and the weight-update lifecycle of vLLM's weight-transfer API
+(init / start / update / finish with a version) plus sleep / wake for colocated runs.
+`VLLMEngine` is the real implementation (AsyncLLM; the engine core runs in its own process, so
+a script that creates one needs a `__main__` guard). A weight update and generation never
+overlap: `start_weight_update` lets the requests in flight finish and holds new ones until the
+update finishes or fails, so every completion comes from exactly one weight version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from system.config import RunConfig
+
+log = logging.getLogger("reelrl.engine")
+
+VideoInput = tuple[np.ndarray, dict[str, Any]]
+"""`DecodedVideo.vllm_input()`: frames [T, H, W, 3] uint8 and their metadata."""
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """One prompt: its rendered text and, for a video question, the video input."""
+
+    prompt: str
+    video: VideoInput | None = None
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """How to sample: `n` completions per prompt (G), temperature, nucleus, stops, length."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_tokens: int = 512
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled completion; `logprobs[i]` is the behaviour log-prob of `token_ids[i]`."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The completions of one prompt and the prompt ids the engine saw (video expanded)."""
+
+    prompt_ids: list[int]
+    completions: list[Completion] = field(default_factory=list)
+
+
+class RolloutEngine(Protocol):
+    """What a rollout actor and the gated inference need from an inference engine."""
+
+    weight_version: int
+    """Version of the weights loaded now (0: the model directory's weights)."""
+
+    async def generate(
+        self, requests: Sequence[EngineRequest], spec: SampleSpec
+    ) -> list[Generation]:
+        """Sample `spec.n` completions for each request, in request order."""
+        ...
+
+    async def init_weight_transfer(self, init_info: dict[str, Any]) -> None:
+        """Join the trainer's weight-transfer group (backend-specific init info)."""
+        ...
+
+    async def start_weight_update(self) -> None:
+        """Drain the requests in flight and open an update session."""
+        ...
+
+    async def update_weights(self, update_info: dict[str, Any]) -> None:
+        """Receive one update (all its buckets); raises, keeping the old weights, on failure."""
+        ...
+
+    async def finish_weight_update(self, version: int) -> None:
+        """Load what was received and serve it as `version`."""
+        ...
+
+    async def sleep(self, level: int = 1) -> None:
+        """Release accelerator memory (colocated with the learner)."""
+        ...
+
+    async def wake_up(self) -> None:
+        """Take the memory back after `sleep`."""
+        ...
+
+    def shutdown(self) -> None:
+        """Stop the engine and its processes."""
+        ...
+
+
+def on_gpu() -> bool:
+    """Whether this process sees a CUDA device (picks nccl vs gloo, dtype, sleep mode)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def weight_backend(config: RunConfig) -> str:
+    """The weight-transfer backend: the configured one, or nccl on GPU / gloo on CPU."""
+    backend = config.weight_sync.backend
+    if backend == "auto":
+        return "nccl" if on_gpu() else "gloo"
+    return backend
+
+
+def engine_args(config: RunConfig, model_path: str | None = None, seed_offset: int = 0) -> Any:
+    """vLLM AsyncEngineArgs from the run config (rollout, model, video, weight sync)."""
+    from vllm.config import WeightTransferConfig
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    from system.video import processor_kwargs
+
+    rollout = config.rollout
+    gpu = on_gpu()
+    dtype = config.model.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if gpu else "float32"
+    return AsyncEngineArgs(
+        model=model_path or config.model.path,
+        dtype=dtype,
+        tensor_parallel_size=rollout.tensor_parallel_size,
+        gpu_memory_utilization=rollout.gpu_memory_utilization,
+        max_model_len=rollout.max_model_len,
+        enforce_eager=rollout.enforce_eager,
+        seed=rollout.seed + seed_offset,
+        limit_mm_per_prompt={"video": 1, "image": 0},
+        mm_processor_kwargs=processor_kwargs(),
+        weight_transfer_config=WeightTransferConfig(backend=weight_backend(config)),
+        enable_sleep_mode=gpu and config.resources.colocate,
+        disable_log_stats=True,
+    )
+
+
+class VLLMEngine:
+    """`RolloutEngine` over vLLM's AsyncLLM. Create it inside the event loop that uses it."""
+
+    def __init__(self, llm: Any, tokenizer: Any) -> None:
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.weight_version = 0
+        self._cond = asyncio.Condition()
+        self._in_flight = 0
+        self._updating = False
+
+    @classmethod
+    def create(
+        cls, config: RunConfig, model_path: str | None = None, seed_offset: int = 0
+    ) -> VLLMEngine:
+        """Start an engine for `config` (about 30-60 s on CPU)."""
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        llm = AsyncLLM.from_engine_args(engine_args(config, model_path, seed_offset))
+        return cls(llm, llm.get_tokenizer() if hasattr(llm, "get_tokenizer") else None)
+
+    # ----------------------------------------------------------------------- generation
+
+    async def generate(
+        self, requests: Sequence[EngineRequest], spec: SampleSpec
+    ) -> list[Generation]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._updating)
+            self._in_flight += 1
+        try:
+            params = _sampling_params(spec)
+            return list(await asyncio.gather(*(self._one(r, params) for r in requests)))
+        finally:
+            async with self._cond:
+                self._in_flight -= 1
+                self._cond.notify_all()
+
+    async def _one(self, request: EngineRequest, params: Any) -> Generation:
+        prompt: dict[str, Any] = {"prompt": request.prompt}
+        if request.video is not None:
+            prompt["multi_modal_data"] = {"video": [request.video]}
+        final = None
+        async for output in self.llm.generate(prompt, params, request_id=uuid.uuid4().hex):
+            final = output
+        assert final is not None, "vLLM returned no output for a request"
+        return Generation(
+            prompt_ids=list(final.prompt_token_ids),
+            completions=[_completion(c) for c in final.outputs],
+        )
+
+    # ----------------------------------------------------------------------- weights
+
+    async def init_weight_transfer(self, init_info: dict[str, Any]) -> None:
+        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
+
+        await self.llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info=init_info))
+
+    async def start_weight_update(self) -> None:
+        async with self._cond:
+            if self._updating:
+                raise RuntimeError("a weight update is already open on this engine")
+            self._updating = True
+            await self._cond.wait_for(lambda: self._in_flight == 0)
+        try:
+            await self.llm.start_weight_update()
+        except BaseException:
+            await self._end_update()
+            raise
+
+    async def update_weights(self, update_info: dict[str, Any]) -> None:
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
+        try:
+            await self.llm.update_weights(WeightTransferUpdateRequest(update_info=update_info))
+        except BaseException:
+            # The worker closed the session and dropped what it staged: serve the old weights.
+            await self._end_update()
+            raise
+
+    async def finish_weight_update(self, version: int) -> None:
+        try:
+            await self.llm.finish_weight_update(weight_version=str(version))
+            self.weight_version = version
+        finally:
+            await self._end_update()
+
+    async def _end_update(self) -> None:
+        async with self._cond:
+            self._updating = False
+            self._cond.notify_all()
+
+    # ----------------------------------------------------------------------- colocation
+
+    async def sleep(self, level: int = 1) -> None:
+        await self.llm.sleep(level)
+
+    async def wake_up(self) -> None:
+        await self.llm.wake_up()
+
+    def shutdown(self) -> None:
+        self.llm.shutdown()
+
+
+def _sampling_params(spec: SampleSpec) -> Any:
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return SamplingParams(
+        n=spec.n,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        top_k=spec.top_k,
+        max_tokens=spec.max_tokens,
+        stop=list(spec.stop) or None,
+        seed=spec.seed,
+        logprobs=0,
+        output_kind=RequestOutputKind.FINAL_ONLY,
+    )
+
+
+def _completion(output: Any) -> Completion:
+    ids = list(output.token_ids)
+    steps = output.logprobs or []
+    if len(steps) != len(ids):
+        raise RuntimeError(f"vLLM returned {len(steps)} log-prob steps for {len(ids)} tokens")
+    return Completion(
+        token_ids=ids,
+        logprobs=[float(step[tok].logprob) for tok, step in zip(ids, steps, strict=True)],
+        text=output.text,
+        finish_reason=str(output.finish_reason or "length"),
+    )

@@ -1,0 +1,211 @@
+"""The worker side of the gloo weight transfer: vLLM's `WeightTransferEngine` protocol over a
+gloo process group, for vLLM on CPU.
+
+The trainer (rank 0) and every vLLM worker (ranks `rank_offset + worker rank`) form a gloo
+group of their own, outside vLLM's default group, rendezvousing on the trainer's TCPStore.
+An update is the packed buckets of `buckets.plan_buckets` broadcast from rank 0. Every bucket
+of an update is received into staging first; only a complete update is kept, and the model is
+loaded from it in `finish_weight_update`. Each broadcast is bounded by the group timeout and the
+whole update by `timeout_s`: when the sender dies or stalls, `update_weights` raises a
+`WeightTransferError` naming the bucket, staging is dropped, and the model keeps serving the
+previous weights, untouched. A later `init_weight_transfer_engine` (a restarted trainer)
+replaces the broken group.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from vllm.distributed.weight_transfer.base import (
+    WeightTransferEngine,
+    WeightTransferInitInfo,
+    WeightTransferUpdateInfo,
+)
+
+from actors.weight_transfer.buckets import TensorMeta, plan_buckets, unpack
+
+log = logging.getLogger("reelrl.weight_transfer")
+
+GROUP_PREFIX = "reelrl-weights"
+
+
+class WeightTransferError(RuntimeError):
+    """An update that did not arrive whole; the engine keeps its previous weights."""
+
+
+@dataclass
+class GlooInitInfo(WeightTransferInitInfo):
+    """Where the trainer's store listens, the group size and the wire parameters."""
+
+    master_address: str
+    master_port: int
+    rank_offset: int
+    world_size: int
+    bucket_bytes: int
+    timeout_s: float
+    group_name: str = "0"
+    """Distinguishes successive groups on the same store (a re-init after a failure)."""
+
+
+@dataclass
+class GlooUpdateInfo(WeightTransferUpdateInfo):
+    """The parameters of one update, in the order the trainer packs them."""
+
+    names: list[str]
+    dtype_names: list[str]
+    shapes: list[list[int]]
+    version: int = -1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def metas(self) -> list[TensorMeta]:
+        if not len(self.names) == len(self.dtype_names) == len(self.shapes):
+            raise ValueError("names, dtype_names and shapes must have the same length")
+        return [
+            TensorMeta(n, d, tuple(s))
+            for n, d, s in zip(self.names, self.dtype_names, self.shapes, strict=True)
+        ]
+
+
+@dataclass
+class GlooGroup:
+    """A gloo process group and the store it rendezvoused on (rank 0 serves the store, so it
+    must live as long as the group)."""
+
+    group: Any
+    store: Any
+
+
+def open_store(address: str, port: int, rank: int, world_size: int, timeout_s: float) -> Any:
+    """The rendezvous store: rank 0 hosts it (returns at once), the others connect to it."""
+    return dist.TCPStore(
+        address,
+        port,
+        world_size,
+        is_master=rank == 0,
+        timeout=datetime.timedelta(seconds=timeout_s),
+        wait_for_workers=False,
+    )
+
+
+def open_group(
+    address: str,
+    port: int,
+    rank: int,
+    world_size: int,
+    timeout_s: float,
+    name: str,
+    store: Any = None,
+) -> GlooGroup:
+    """A gloo group of its own (not torch.distributed's default one) over a TCPStore that
+    rank 0 hosts; every operation on it times out after `timeout_s`. Blocks until all
+    `world_size` ranks have joined (or the timeout)."""
+    if store is None:
+        store = open_store(address, port, rank, world_size, timeout_s)
+    prefixed = dist.PrefixStore(f"{GROUP_PREFIX}/{name}", store)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    return GlooGroup(dist.ProcessGroupGloo(prefixed, rank, world_size, timeout), store)
+
+
+def broadcast(group: GlooGroup, buffer: torch.Tensor, timeout_s: float) -> None:
+    """Broadcast `buffer` in place from rank 0, raising after `timeout_s`."""
+    opts = dist.BroadcastOptions()
+    opts.rootRank = 0
+    opts.timeout = datetime.timedelta(seconds=timeout_s)
+    group.group.broadcast([buffer], opts).wait()
+
+
+class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo]):
+    """vLLM worker-side engine: staged, all-or-nothing updates over gloo."""
+
+    init_info_cls = GlooInitInfo
+    update_info_cls = GlooUpdateInfo
+    supports_draft_weight_update = False
+
+    def __init__(self, config: Any, vllm_config: Any, device: torch.device, model: Any) -> None:
+        super().__init__(config, vllm_config, device, model)
+        self.group: GlooGroup | None = None
+        self.info: GlooInitInfo | None = None
+        self._staged: list[tuple[str, torch.Tensor]] | None = None
+
+    def init_transfer_engine(self, init_info: GlooInitInfo) -> None:
+        self.shutdown()
+        parallel = self.parallel_config
+        worker = parallel.data_parallel_index * parallel.world_size + parallel.rank
+        rank = init_info.rank_offset + worker
+        self.group = open_group(
+            init_info.master_address,
+            init_info.master_port,
+            rank,
+            init_info.world_size,
+            init_info.timeout_s,
+            init_info.group_name,
+        )
+        self.info = init_info
+        log.info("joined weight-transfer group %s as rank %d", init_info.group_name, rank)
+
+    def start_weight_update(self) -> None:
+        self._staged = None
+
+    def update_weights(self, update_info: dict[str, Any]) -> None:
+        # The base class synchronizes an accelerator afterwards; on CPU there is none.
+        self.receive_weights(self.parse_update_info(update_info))
+
+    def receive_weights(self, update_info: GlooUpdateInfo) -> None:
+        if self.group is None or self.info is None:
+            raise WeightTransferError("gloo weight transfer is not initialised")
+        self._staged = None
+        metas = update_info.metas()
+        plan = plan_buckets(metas, self.info.bucket_bytes)
+        deadline = time.monotonic() + self.info.timeout_s
+        staged: list[tuple[str, torch.Tensor]] = []
+        for index, bucket in enumerate(plan):
+            left = deadline - time.monotonic()
+            what = f"weight update v{update_info.version}: bucket {index + 1}/{len(plan)}"
+            if left <= 0:
+                raise WeightTransferError(
+                    f"{what} not started within the {self.info.timeout_s}s bound; "
+                    "keeping the previous weights"
+                )
+            bucket_metas = [metas[i] for i in bucket]
+            buffer = torch.empty(sum(m.nbytes for m in bucket_metas), dtype=torch.uint8)
+            try:
+                broadcast(self.group, buffer, left)
+            except RuntimeError as exc:
+                raise WeightTransferError(
+                    f"{what} failed ({_first_line(exc)}); the sender died or stalled, "
+                    "keeping the previous weights"
+                ) from None
+            staged.extend(unpack(buffer, bucket_metas))
+        self._staged = staged
+
+    def finish_weight_update(self) -> None:
+        staged, self._staged = self._staged, None
+        if staged is None:
+            log.warning("finish_weight_update without a complete update: weights unchanged")
+            return
+        from vllm.model_executor.model_loader.reload import (
+            finalize_layerwise_reload,
+            initialize_layerwise_reload,
+        )
+
+        # Checkpoint-format weights go through vLLM's layerwise reload, as its NCCL engine
+        # does: loaders were replaced when the model was processed after its first load.
+        initialize_layerwise_reload(self.model)
+        self.model.load_weights(iter(staged))
+        finalize_layerwise_reload(self.model, self.model_config)
+
+    def shutdown(self) -> None:
+        self.group = None
+        self.info = None
+        self._staged = None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
