@@ -1,0 +1,97 @@
+"""The only thing GRPO and SFT do differently on the learner: the loss of a micro-batch.
+
+An `Objective` turns the policy's logits on a micro-batch (and, when it asks for one, the
+reference model's token log-probs) into a scalar loss normalised by the step-wide totals,
+plus metrics. Everything else — data, engine, checkpoint, export — is shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from learner.collate import MicroBatch
+from learner.grpo import grpo_loss, grpo_metrics, token_entropy, token_logprobs
+from learner.sft import sft_loss
+from system.config import GRPOConfig
+
+
+@dataclass(frozen=True)
+class StepTotals:
+    """Real (non-filler) completion tokens and sequences of the whole step, all ranks."""
+
+    tokens: float
+    sequences: float
+
+
+class Objective(Protocol):
+    """The loss of one micro-batch."""
+
+    needs_reference: bool
+    """Whether `loss` wants reference-model log-probs."""
+
+    def loss(
+        self,
+        batch: MicroBatch,
+        logits: torch.Tensor,
+        ref_logprobs: torch.Tensor | None,
+        totals: StepTotals,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """(scalar loss for this part of the step, metrics)."""
+        ...
+
+
+class GRPOObjective:
+    """Clipped policy gradient + truncated IS + β·KL (learner.grpo)."""
+
+    def __init__(self, config: GRPOConfig) -> None:
+        self.config = config
+        self.needs_reference = config.beta > 0
+
+    def loss(
+        self,
+        batch: MicroBatch,
+        logits: torch.Tensor,
+        ref_logprobs: torch.Tensor | None,
+        totals: StepTotals,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        c = self.config
+        logprobs = token_logprobs(logits, batch.targets)  # [B, L]
+        terms = grpo_loss(
+            logprobs,
+            batch.behaviour_logprobs,
+            batch.advantages,
+            batch.loss_mask,
+            clip_low=c.clip_low,
+            clip_high=c.clip_high,
+            is_cap=c.is_cap,
+            beta=c.beta,
+            ref_logprobs=ref_logprobs,
+            kl_estimator=c.kl_estimator,
+            aggregation=c.aggregation,
+            total_tokens=totals.tokens,
+            total_sequences=totals.sequences,
+        )
+        with torch.no_grad():
+            entropy = token_entropy(logits)  # [B, L]
+            metrics = grpo_metrics(
+                terms, logprobs, batch.behaviour_logprobs, batch.loss_mask, c.is_cap, entropy
+            )
+        return terms.loss, metrics
+
+
+class SFTObjective:
+    """Token-mean NLL of the completion tokens."""
+
+    needs_reference = False
+
+    def loss(
+        self,
+        batch: MicroBatch,
+        logits: torch.Tensor,
+        ref_logprobs: torch.Tensor | None,
+        totals: StepTotals,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        return sft_loss(logits, batch.targets, batch.loss_mask, totals.tokens)

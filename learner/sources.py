@@ -1,0 +1,161 @@
+"""Where a learner rank's training sequences come from, behind one small interface.
+
+`QueueSource` (GRPO) consumes rollout groups from the run's Redis stream as this rank's own
+consumer, dead-letters what it cannot train on (stale past the bound, video/prompt mismatch)
+and takes more until it has its share; it remembers the stream ids of the steps since the last
+checkpoint and acks them only when told the checkpoint has committed. `RecordSource` (SFT)
+walks the dataset mix deterministically; every rank advances the same cursor and keeps every
+R-th record, so the data position is one small `MixState`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from actors.prompts import OutputFormat
+from learner.collate import Collator, GroupRejected, Sequence
+from learner.grpo import group_advantages
+from learner.sft import sft_sequence, sft_target
+from system.config import VideoConfig
+from system.data import MixState, RecordMixer
+from system.queue import RolloutQueue
+
+log = logging.getLogger("reelrl.learner")
+
+
+@dataclass
+class Batch:
+    """One rank's share of a step."""
+
+    sequences: list[Sequence]
+    group_ids: list[str] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+
+
+class BatchSource(Protocol):
+    """Supplies a rank's share of each step and what the checkpoint must record."""
+
+    def next_batch(self, n: int) -> Batch:
+        """`n` groups (or examples) worth of sequences for this rank."""
+        ...
+
+    def state(self) -> dict[str, Any]:
+        """What to store in the checkpoint (JSON-able)."""
+        ...
+
+    def restore(self, state: dict[str, Any], applied_group_ids: list[str]) -> None:
+        """Continue from a checkpoint's state."""
+        ...
+
+    def committed(self) -> None:
+        """The checkpoint holding every batch so far has committed."""
+        ...
+
+
+class QueueSource:
+    """Rollout groups from the queue (see the module docstring)."""
+
+    def __init__(
+        self,
+        queue: RolloutQueue,
+        collator: Collator,
+        scale_by_std: bool,
+        max_staleness: int | None = None,
+        block_ms: int = 1000,
+    ) -> None:
+        self.queue = queue
+        self.collator = collator
+        self.scale_by_std = scale_by_std
+        self.max_staleness = max_staleness
+        self.block_ms = block_ms
+        self.version = 0
+        """The learner's current weight version (set by the worker)."""
+        self.uncommitted: list[str] = []
+        self.dead_lettered = 0
+        self.stale = 0
+
+    def next_batch(self, n: int) -> Batch:
+        batch = Batch(sequences=[])
+        while len(batch.group_ids) < n:
+            for d in self.queue.consume(count=n - len(batch.group_ids), block_ms=self.block_ms):
+                reason = self._reject_reason(d.group)
+                seqs: list[Sequence] = []
+                if reason is None:
+                    adv = group_advantages(
+                        torch.tensor(d.group.rewards, dtype=torch.float32)[None],
+                        self.scale_by_std,
+                    )[0]
+                    try:
+                        seqs = self.collator.group_sequences(d.group, adv)
+                    except GroupRejected as exc:
+                        reason = str(exc)
+                if reason is not None:
+                    self.queue.dead_letter(d.stream_id, reason, d.deliveries)
+                    self.dead_lettered += 1
+                    continue
+                batch.sequences.extend(seqs)
+                batch.group_ids.append(d.group.group_id)
+                batch.rewards.extend(d.group.rewards.tolist())
+                self.uncommitted.append(d.stream_id)
+        return batch
+
+    def _reject_reason(self, group: Any) -> str | None:
+        lag = self.version - group.weight_version
+        if self.max_staleness is not None and lag > self.max_staleness:
+            self.stale += 1
+            return f"stale: weight version {group.weight_version}, learner at {self.version}"
+        return None
+
+    def state(self) -> dict[str, Any]:
+        return {"stream_ids": list(self.uncommitted)}
+
+    def restore(self, state: dict[str, Any], applied_group_ids: list[str]) -> None:
+        self.queue.restore_applied(applied_group_ids)
+
+    def committed(self) -> None:
+        self.queue.ack(self.uncommitted)
+        self.uncommitted = []
+
+
+class RecordSource:
+    """SFT examples from the dataset mix (see the module docstring)."""
+
+    def __init__(
+        self,
+        mixer: RecordMixer,
+        collator: Collator,
+        video: VideoConfig,
+        root: str,
+        fmt: OutputFormat,
+        rank: int,
+        world_size: int,
+    ) -> None:
+        self.mixer = mixer
+        self.collator = collator
+        self.video = video
+        self.root = root
+        self.fmt = fmt
+        self.rank = rank
+        self.world_size = world_size
+
+    def next_batch(self, n: int) -> Batch:
+        records = self.mixer.take(n * self.world_size)[self.rank :: self.world_size]
+        seqs = [
+            sft_sequence(self.collator, r, sft_target(r, self.fmt), self.video, self.root, self.fmt)
+            for r in records
+        ]
+        return Batch(sequences=seqs, group_ids=[r.id for r in records])
+
+    def state(self) -> dict[str, Any]:
+        return {"data_position": self.mixer.state.to_dict()}
+
+    def restore(self, state: dict[str, Any], applied_group_ids: list[str]) -> None:
+        if state.get("data_position") is not None:
+            self.mixer.load_state(MixState.from_dict(state["data_position"]))
+
+    def committed(self) -> None:
+        pass

@@ -1,0 +1,379 @@
+"""`LearnerWorker`: one learner rank. `step()` takes one optimizer step from this rank's share
+of the batch; `run()` is a loop over `step()` with checkpoints and weight exports.
+
+A step: take this rank's groups (or SFT examples) from its `BatchSource`, collate them into
+micro-batches, agree with the other ranks on the micro-batch count (a rank that has fewer
+repeats its last one with weight 0, so the ZeRO-3 gathers stay in step) and on the step-wide
+token / sequence totals, then forward (policy, and reference when the objective wants it),
+loss, backward for each micro-batch, and one optimizer step. A step whose loss or gradient
+norm is not finite is skipped on every rank (the flag is all-reduced) and counted;
+`max_nonfinite_steps` in a row raise `NonFiniteError`. Checkpoints (every
+`checkpoint.every_steps`) commit DeepSpeed state, an HF export, RNG states and the
+`TrainingState` atomically, then ack the queue entries of the steps they contain.
+
+The class is plain Python: a driver wraps it with `ray.remote` (one actor per rank), a test
+calls it directly in a process of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from learner import engine as eng
+from learner.collate import Collator, MicroBatch, Sequence
+from learner.export import export_weights, save_hf
+from learner.grpo import token_logprobs
+from learner.objectives import GRPOObjective, Objective, SFTObjective, StepTotals
+from learner.sources import BatchSource, QueueSource, RecordSource
+from system import checkpoint as ckpt
+from system.checkpoint import CheckpointError, TrainingState
+from system.config import RunConfig
+from system.weight_sync import WeightSender
+
+log = logging.getLogger("reelrl.learner")
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient norm."""
+
+
+class LearnerWorker:
+    """One learner rank (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        rank: int,
+        world_size: int,
+        master_addr: str,
+        master_port: int,
+        algorithm: str = "grpo",
+        model_path: str | None = None,
+        checkpoint_dir: str | None = None,
+        source: BatchSource | None = None,
+        sender: WeightSender | None = None,
+    ) -> None:
+        from transformers import AutoProcessor
+
+        self.config = config
+        self.rank, self.world_size = rank, world_size
+        learner = config.learner
+        if learner.groups_per_step % world_size:
+            raise ValueError(
+                f"learner.groups_per_step={learner.groups_per_step} must be a multiple of "
+                f"the {world_size} learner ranks"
+            )
+        self.backend = eng.init_distributed(rank, world_size, master_addr, master_port)
+        self.base_model = model_path or config.model.path
+        self.checkpoint_dir = Path(
+            checkpoint_dir or Path(config.output_dir) / config.name / "checkpoints"
+        )
+        self.processor = AutoProcessor.from_pretrained(self.base_model)
+        self.collator = Collator(self.processor, config.model.family)
+        self.objective: Objective = (
+            GRPOObjective(learner.grpo) if algorithm == "grpo" else SFTObjective()
+        )
+        self.source = source or self._default_source(algorithm)
+        self.sender = sender
+        # Exports are collective: every rank must know whether rank 0 has somewhere to send.
+        self.exporting = bool(eng.broadcast_object(sender is not None))
+        self.device = eng.device()
+        dtype = eng.model_dtype(config.model)
+        policy = eng.load_model(self.base_model, dtype, True, config.model)
+        self.engine = eng.initialize(
+            policy, eng.ds_config(learner, world_size, dtype, True), True,
+            learner.optimizer.warmup_steps,
+        )  # fmt: skip
+        self.reference = None
+        if self.objective.needs_reference:
+            ref = eng.load_model(self.base_model, dtype, False, config.model)
+            self.reference = eng.initialize(
+                ref, eng.ds_config(learner, world_size, dtype, False), False
+            )
+        self.state = TrainingState(step=0, base_model=self.base_model)
+        self.frozen_sent = False
+        self._uncommitted_groups: list[str] = []
+        self.last_metrics: dict[str, float] = {}
+
+    def _default_source(self, algorithm: str) -> BatchSource:
+        c = self.config
+        if algorithm == "grpo":
+            from system.queue import RolloutQueue
+            from system.redis_server import connect
+
+            queue = RolloutQueue(connect(c.queue), c.name, c.queue, consumer=f"rank{self.rank}")
+            return QueueSource(
+                queue, self.collator, c.learner.grpo.scale_by_std, c.rollout.max_staleness,
+                c.queue.block_ms,
+            )  # fmt: skip
+        from system.data import RecordMixer, load_split
+
+        mixer = RecordMixer(load_split(c.data, "train"), c.data.shuffle_seed)
+        return RecordSource(
+            mixer, self.collator, c.video, c.data.root, c.rewards.format, self.rank,
+            self.world_size,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ the step
+
+    @property
+    def global_step(self) -> int:
+        return self.state.step
+
+    def step(self) -> dict[str, float]:
+        """One optimizer step on every rank together; returns this step's metrics."""
+        t0 = time.perf_counter()
+        if isinstance(self.source, QueueSource):
+            self.source.version = self.state.weight_version
+        share = self.config.learner.groups_per_step // self.world_size
+        batch = self.source.next_batch(share)
+        self._uncommitted_groups += batch.group_ids
+        micro = self.collator.micro_batches(batch.sequences, self.config.learner.micro_batch_size)
+        n_micro, tokens, seqs = _agree(micro)
+        micro += [micro[-1].filler()] * (n_micro - len(micro))
+        totals = StepTotals(tokens=tokens, sequences=seqs)
+        timing = {"data_s": time.perf_counter() - t0, "forward_s": 0.0, "backward_s": 0.0}
+        losses, metrics, bad = [], [], False
+        for i, mb in enumerate(micro):
+            loss, m = self._micro_step(mb.to(self.device), totals, last=i == n_micro - 1, t=timing)
+            bad |= not math.isfinite(loss)
+            losses.append(loss)
+            if mb.weight > 0:
+                metrics.append(m)
+        t1 = time.perf_counter()
+        applied, grad_norm = self._optimizer_step(bad)
+        timing["optimizer_s"] = time.perf_counter() - t1
+        out = self._finish_step(applied, grad_norm, losses, metrics, batch.rewards, timing)
+        out["step_s"] = time.perf_counter() - t0
+        return out
+
+    def _micro_step(
+        self, mb: MicroBatch, totals: StepTotals, last: bool, t: dict[str, float]
+    ) -> tuple[float, dict[str, float]]:
+        t0 = time.perf_counter()
+        self.engine.set_gradient_accumulation_boundary(last)
+        ref_logprobs = None
+        if self.reference is not None:
+            with torch.no_grad():
+                ref_logits = self.reference(**mb.model_inputs()).logits
+                ref_logprobs = token_logprobs(ref_logits, mb.targets)
+                del ref_logits
+        logits = self.engine(**mb.model_inputs()).logits  # [B, L, V]
+        loss, metrics = self.objective.loss(mb, logits, ref_logprobs, totals)
+        # DeepSpeed averages gradients over ranks; the loss is already a share of the step.
+        scaled = loss * (mb.weight * self.world_size)
+        t1 = time.perf_counter()
+        t["forward_s"] += t1 - t0
+        self.engine.backward(scaled, scale_wrt_gas=False)
+        t["backward_s"] += time.perf_counter() - t1
+        return float(loss.detach()) * mb.weight, metrics
+
+    def _optimizer_step(self, local_bad: bool) -> tuple[bool, float]:
+        (bad,) = eng.all_reduce([1.0 if local_bad else 0.0], op="max")
+        if bad:
+            eng.discard_gradients(self.engine)
+            return False, float("nan")
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        norm = float(norm) if norm is not None else float("nan")
+        return bool(self.engine.was_step_applied()) and math.isfinite(norm), norm
+
+    def _finish_step(
+        self,
+        applied: bool,
+        grad_norm: float,
+        losses: list[float],
+        metrics: list[dict[str, float]],
+        rewards: list[float],
+        timing: dict[str, float],
+    ) -> dict[str, float]:
+        s = self.state
+        s.step += 1
+        if applied:
+            s.nonfinite_in_a_row = 0
+        else:
+            s.skipped_steps += 1
+            s.nonfinite_in_a_row += 1
+            log.warning("step %d skipped: non-finite loss or gradient norm", s.step)
+            if s.nonfinite_in_a_row >= self.config.learner.max_nonfinite_steps:
+                raise NonFiniteError(
+                    f"{s.nonfinite_in_a_row} consecutive steps had a non-finite loss or gradient "
+                    f"norm (learner.max_nonfinite_steps={self.config.learner.max_nonfinite_steps})"
+                    f"; stopping at step {s.step}"
+                )
+        (loss,) = eng.all_reduce([sum(losses)])
+        out = {
+            "step": float(s.step),
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "applied": float(applied),
+            "skipped_steps": float(s.skipped_steps),
+            "lr": float(self.engine.get_lr()[0]),
+            **timing,
+        }
+        for key in sorted({k for m in metrics for k in m}):
+            out[key] = float(np.mean([m[key] for m in metrics if key in m]))
+        if rewards:
+            out["reward_mean"] = float(np.mean(rewards))
+        self.last_metrics = out
+        return out
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, total_steps: int) -> dict[str, float]:
+        """Steps until `total_steps`, exporting weights and checkpointing on schedule."""
+        if self.exporting and not self.frozen_sent:
+            self.export(include_frozen=True)
+        metrics: dict[str, float] = {}
+        while self.state.step < total_steps:
+            metrics = self.step()
+            if (
+                self.sender is not None
+                and self.state.step % self.config.weight_sync.every_steps == 0
+            ):
+                metrics["export_s"] = self.export()["export_s"]
+            last = self.state.step == total_steps
+            if last or self.state.step % self.config.checkpoint.every_steps == 0:
+                self.save_checkpoint()
+            if isinstance(self.source, QueueSource):
+                self.source.queue.touch()
+        return metrics
+
+    def export(self, include_frozen: bool = False) -> dict[str, float]:
+        """Send the weights as version = global step (collective). The first export includes
+        the frozen tower; later ones only the trainable parameters."""
+        t0 = time.perf_counter()
+        keep = (lambda _: True) if include_frozen else eng.is_trainable
+        ws = self.config.weight_sync
+        out = export_weights(
+            self.engine.module, self.sender, self.state.step, keep, ws.bucket_mb << 20,
+            ws.timeout_s,
+        )  # fmt: skip
+        self.state.weight_version = self.state.step
+        self.frozen_sent = self.frozen_sent or include_frozen
+        out["export_s"] = time.perf_counter() - t0
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> Path:
+        """Commit a checkpoint of the current step (collective), then ack its groups."""
+        root, step = self.checkpoint_dir, self.state.step
+        tmp = self._on_rank0(lambda: ckpt.begin(root, step))
+        error = None
+        try:
+            self.engine.save_checkpoint(str(tmp / "deepspeed"), tag="state")
+            torch.save(_rng_state(), tmp / f"rng_rank{self.rank}.pt")
+            if self.config.checkpoint.export_hf:
+                save_hf(self.engine.module, self.processor, tmp / "hf")
+        except OSError as exc:
+            error = ckpt.failure_message(root, step, exc)
+        source_states = eng.all_gather_object(self.source.state())
+        groups = eng.all_gather_object(self._uncommitted_groups)
+        (failed,) = eng.all_reduce([1.0 if error else 0.0], op="max")
+        if failed:
+            if self.rank == 0:
+                ckpt.abort(tmp)
+            raise CheckpointError(error or f"checkpoint of step {step} failed on another rank")
+        new_ids = [g for rank_ids in groups for g in rank_ids]
+        applied = list(dict.fromkeys(self.state.applied_group_ids + new_ids))
+        committed = replace(
+            self.state,
+            applied_group_ids=applied,
+            stream_ids=[s for st in source_states for s in st.get("stream_ids", [])],
+            data_position=source_states[0].get("data_position"),
+        )
+
+        def commit() -> Path:
+            ckpt.write_state(tmp, committed)
+            return ckpt.commit(root, tmp, step, self.config.checkpoint.keep_last)
+
+        final = self._on_rank0(commit)
+        self.state = committed
+        self._uncommitted_groups = []
+        self.source.committed()
+        return final
+
+    def _on_rank0(self, fn: Any) -> Any:
+        """Run `fn` on rank 0 and hand its result (or its error, raised) to every rank."""
+        result: Any = None
+        if self.rank == 0:
+            try:
+                result = ("ok", fn())
+            except (CheckpointError, OSError) as exc:
+                result = ("error", str(exc))
+        kind, value = eng.broadcast_object(result)
+        if kind == "error":
+            raise CheckpointError(value)
+        return value
+
+    def resume(self) -> bool:
+        """Load the latest committed checkpoint if there is one; True when resumed."""
+        path = ckpt.latest(self.checkpoint_dir)
+        if path is None:
+            return False
+        state = ckpt.read_state(path)
+        loaded, _ = self.engine.load_checkpoint(str(path / "deepspeed"), tag="state")
+        if loaded is None:
+            raise CheckpointError(f"{path}: DeepSpeed found no loadable state under deepspeed/")
+        _set_rng_state(torch.load(path / f"rng_rank{self.rank}.pt", weights_only=False))
+        self.state = state
+        self.source.restore(
+            {"data_position": state.data_position}, applied_group_ids=state.applied_group_ids
+        )
+        log.info("rank %d resumed from %s at step %d", self.rank, path, state.step)
+        return True
+
+    def logprobs(self, sequences: list[Sequence]) -> list[torch.Tensor]:
+        """The policy's log-probs of each sequence's completion tokens (collective: every rank
+        must pass the same number of sequences)."""
+        out = []
+        with torch.no_grad():
+            for seq in sequences:
+                mb = self.collator.collate([seq]).to(self.device)
+                logits = self.engine(**mb.model_inputs()).logits
+                lp = token_logprobs(logits, mb.targets)[mb.loss_mask.bool()]
+                out.append(lp.cpu())
+        return out
+
+    def shutdown(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def _agree(micro: list[MicroBatch]) -> tuple[int, float, float]:
+    """Micro-batch count (max over ranks) and the step's token / sequence totals (sums)."""
+    tokens, seqs = eng.all_reduce(
+        [float(sum(m.num_tokens for m in micro)), float(sum(m.num_sequences for m in micro))]
+    )
+    (n,) = eng.all_reduce([float(len(micro))], op="max")
+    return int(n), tokens, seqs
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
