@@ -141,12 +141,20 @@ def rank_main(rank: int, world: int, port: int, spec: dict[str, Any], out_dir: s
         algorithm=spec.get("algorithm", "grpo"), model_path=spec["model_path"],
         checkpoint_dir=spec["checkpoint_dir"], sender=sender,
     )  # fmt: skip
+    if spec.get("poison_steps"):
+        worker.objective = PoisonedObjective(worker.objective, worker, spec["poison_steps"])
     result: dict[str, Any] = {"resumed": worker.resume() if spec.get("resume") else False}
     result["start_step"] = worker.global_step
     result["metrics"] = []
     for action in spec["actions"]:
         if action == "step":
-            result["metrics"].append(worker.step())
+            try:
+                result["metrics"].append(worker.step())
+            except RuntimeError as exc:
+                result["error"] = f"{type(exc).__name__}: {exc}"
+                break
+        elif action == "checksum":
+            result.setdefault("checksums", []).append(_checksum(worker))
         elif action == "export_all":
             worker.export(include_frozen=True)
         elif action == "export":
@@ -164,6 +172,25 @@ def rank_main(rank: int, world: int, port: int, spec: dict[str, Any], out_dir: s
         result["sent"] = sender.versions
     _write(out_dir, rank, result)
     worker.shutdown()
+
+
+class PoisonedObjective:
+    """Objective double: the real loss, times NaN on the listed (1-based) steps."""
+
+    def __init__(self, inner: Any, worker: Any, steps: list[int]) -> None:
+        self.inner, self.worker, self.steps = inner, worker, set(steps)
+        self.needs_reference = inner.needs_reference
+
+    def loss(self, batch, logits, ref_logprobs, totals):
+        loss, metrics = self.inner.loss(batch, logits, ref_logprobs, totals)
+        if self.worker.global_step + 1 in self.steps:
+            loss = loss * float("nan")
+        return loss, metrics
+
+
+def _checksum(worker: Any) -> float:
+    """Sum of this rank's ZeRO-3 parameter partitions (changes iff an update was applied)."""
+    return float(sum(p.ds_tensor.double().sum() for p in worker.engine.module.parameters()))
 
 
 def _write(out_dir: str, rank: int, result: dict[str, Any]) -> None:

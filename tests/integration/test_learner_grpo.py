@@ -132,3 +132,31 @@ def module_params(path) -> dict[str, torch.Tensor]:
 
     model = AutoModelForImageTextToText.from_pretrained(path)
     return {k: v.detach() for k, v in model.named_parameters()}
+
+
+def test_nonfinite_steps_are_skipped_together_then_stop(
+    tiny_qwen2_5_vl, synthetic_dataset, redis_server, redis_client, redis_run, queue_config,
+    tmp_path,
+):  # fmt: skip
+    from system.queue import RolloutQueue
+
+    groups = make_groups(tiny_qwen2_5_vl, "qwen2_5_vl", synthetic_dataset, 10, redis_run)
+    queue = RolloutQueue(redis_client, redis_run, queue_config)
+    for g in groups:
+        queue.produce(g)
+    config = learner_config(queue_config, redis_run, max_nonfinite_steps=2)
+    config["learner"]["grpo"] = {"beta": 0.0}
+    actions = ["checksum", "step", "checksum", "step", "checksum", "step", "checksum"]
+    actions += ["step", "step"]
+    spec = spec_for(config, tiny_qwen2_5_vl, tmp_path / "ckpt", queue_config, redis_server,
+                    actions, poison_steps=[2, 4, 5])  # fmt: skip
+    results, codes = run_ranks(spec, tmp_path / "out")
+    assert codes == [0, 0]
+    for r in results:
+        applied = [m["applied"] for m in r["metrics"]]
+        assert applied == [1.0, 0.0, 1.0, 0.0]  # step 5 raised
+        assert r["metrics"][1]["skipped_steps"] == 1.0
+        c = r["checksums"]
+        assert c[0] != c[1] and c[1] == c[2] and c[2] != c[3]  # applied, skipped, applied
+        assert r["error"].startswith("NonFiniteError: 2 consecutive steps")
+        assert "max_nonfinite_steps=2" in r["error"]
