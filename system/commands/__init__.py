@@ -7,6 +7,7 @@ imports (torch, vllm, ray, ...) happen inside the handler so that `reelrl --help
 
 # Module names under system.commands, in the order they appear in `reelrl --help`.
 COMMANDS = [
+    "train",
     "config",
     "tiny_model",
     "synth",

@@ -1,0 +1,29 @@
+"""`reelrl train CONFIG [a.b=c ...] [--resume RUN_DIR]`: run a config's stages end to end."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train: Redis, rollout actors, learner ranks and weight sync, all stages"
+    )
+    parser.add_argument("config", help="YAML config file")
+    parser.add_argument("overrides", nargs="*", metavar="a.b=c", help="dotted overrides")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run directory")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from system.cli import UserError
+    from system.config import ConfigError
+    from system.driver import train
+    from system.runtime import RunSetupError
+
+    try:
+        run_dir = train(args.config, args.overrides, resume=args.resume)
+    except (ConfigError, RunSetupError) as exc:
+        raise UserError(str(exc)) from None
+    print(f"done: {run_dir}")
+    return 0
