@@ -146,13 +146,22 @@ def rank_main(rank: int, world: int, port: int, spec: dict[str, Any], out_dir: s
     result: dict[str, Any] = {"resumed": worker.resume() if spec.get("resume") else False}
     result["start_step"] = worker.global_step
     result["metrics"] = []
-    for action in spec["actions"]:
+    try:
+        _act(worker, spec["actions"], result, out_dir, rank)
+    except RuntimeError as exc:  # the errors under test: recorded, checked by the test
+        result["error"] = f"{type(exc).__name__}: {exc}"
+    result["state"] = worker.state
+    if sender is not None:
+        result["sender_calls"] = sender.calls
+        result["sent"] = sender.versions
+    _write(out_dir, rank, result)
+    worker.shutdown()
+
+
+def _act(worker: Any, actions: list[str], result: dict[str, Any], out_dir: str, rank: int):
+    for action in actions:
         if action == "step":
-            try:
-                result["metrics"].append(worker.step())
-            except RuntimeError as exc:
-                result["error"] = f"{type(exc).__name__}: {exc}"
-                break
+            result["metrics"].append(worker.step())
         elif action == "checksum":
             result.setdefault("checksums", []).append(_checksum(worker))
         elif action == "export_all":
@@ -166,12 +175,6 @@ def rank_main(rank: int, world: int, port: int, spec: dict[str, Any], out_dir: s
             os.kill(os.getpid(), signal.SIGKILL)
         else:
             raise ValueError(f"unknown action {action}")
-    result["state"] = worker.state
-    if sender is not None:
-        result["sender_calls"] = sender.calls
-        result["sent"] = sender.versions
-    _write(out_dir, rank, result)
-    worker.shutdown()
 
 
 class PoisonedObjective:
