@@ -14,8 +14,10 @@ naming the offending field.
 from __future__ import annotations
 
 import math
+import struct
 import uuid
 from dataclasses import dataclass, field, fields
+from itertools import chain
 from typing import Any
 
 import msgpack
@@ -31,6 +33,7 @@ _FRAMES = np.dtype("<i4")
 _TIMES = np.dtype("<f8")
 
 Scalar = str | int | float | bool | None
+_PLAIN_SCALARS = frozenset({str, int, float, bool})
 
 
 class ProtocolError(ValueError):
@@ -88,12 +91,9 @@ def _as_array(value: Any, dtype: np.dtype, name: str) -> np.ndarray:
     if dtype.kind == "i":
         if arr.size and arr.min() < 0:
             raise ProtocolError(name, f"values must lie in [0, {_INT32_MAX}]")
-    elif dtype == _LOGPROBS:
-        # One float64 sum replaces isfinite + all: NaN and inf propagate through it, and
-        # finite float32 values cannot overflow it.
-        if not math.isfinite(arr.sum(dtype=np.float64)):
-            raise ProtocolError(name, "holds a non-finite value (NaN or inf)")
-    elif not np.isfinite(arr).all():
+    # One sum screens for NaN and inf (they propagate through it) without a temporary; only
+    # a non-finite sum, which finite values can also reach by overflowing, is looked at closely.
+    elif not math.isfinite(np.add.reduce(arr)) and not np.isfinite(arr).all():
         raise ProtocolError(name, "holds a non-finite value (NaN or inf)")
     if arr.flags.writeable:
         arr = arr.view()
@@ -122,6 +122,11 @@ def _check_meta(value: Any, name: str) -> dict[str, Scalar]:
     if type(value) is not dict:
         raise ProtocolError(name, f"must be a map of str -> scalar, got {type(value).__name__}")
     for key, item in value.items():
+        kind = type(item)
+        if type(key) is str and (kind in _PLAIN_SCALARS or item is None):
+            if kind is float and not math.isfinite(item):
+                raise ProtocolError(f"{name}[{key!r}]", f"must be finite, got {item}")
+            continue
         _check_str(key, f"{name} key")
         where = f"{name}[{key!r}]"
         if isinstance(item, dict | list | tuple | bytes | bytearray | np.ndarray):
@@ -337,7 +342,7 @@ def encode_group(group: RolloutGroup, max_bytes: int = DEFAULT_MAX_BYTES) -> byt
         "finished_at": group.finished_at,
         "prompt_ids": memoryview(group.prompt_ids),
         "vision": None if group.vision is None else _encode_vision(group.vision),
-        "completion_lens": np.array([len(s.completion_ids) for s in samples], _IDS).tobytes(),
+        "completion_lens": _pack_ints([len(s.completion_ids) for s in samples]),
         "completion_ids": b"".join([memoryview(s.completion_ids) for s in samples]),
         "logprobs": b"".join([memoryview(s.logprobs) for s in samples]),
         "rewards": [s.reward for s in samples],
@@ -354,14 +359,20 @@ def encode_group(group: RolloutGroup, max_bytes: int = DEFAULT_MAX_BYTES) -> byt
     return data
 
 
+def _pack_ints(values: tuple[int, ...] | list[int]) -> bytes:
+    # struct is several times faster than numpy for these short sequences; the bytes are the
+    # same (<i4), and struct.error cannot happen: the dataclasses checked the range.
+    return struct.pack(f"<{len(values)}i", *values)
+
+
 def _encode_vision(ref: VisionRef) -> dict[str, Any]:
     return {
         "path": ref.path,
-        "frame_indices": np.asarray(ref.frame_indices, _FRAMES).tobytes(),
+        "frame_indices": _pack_ints(ref.frame_indices),
         "height": ref.height,
         "width": ref.width,
         "fps": ref.fps,
-        "timestamps": np.asarray(ref.timestamps, _TIMES).tobytes(),
+        "timestamps": struct.pack(f"<{len(ref.timestamps)}d", *ref.timestamps),
         "content_hash": ref.content_hash,
         "start": ref.start,
         "end": ref.end,
@@ -467,8 +478,16 @@ def _check_list(value: Any, name: str, length: int) -> list[Any]:
     return value
 
 
+# Slot setters of RolloutSample: the decoder builds samples through them, skipping the frozen
+# __setattr__ as object.__setattr__ would, at half its cost.
+_SET_SAMPLE = tuple(
+    RolloutSample.__dict__[f].__set__
+    for f in ("completion_ids", "logprobs", "reward", "reward_components", "finish_reason")
+)
+
+
 def _decode_samples(wire: dict[str, Any]) -> tuple[RolloutSample, ...]:
-    lens = _frombuffer(wire["completion_lens"], _IDS, "completion_lens")
+    lens = _frombuffer(wire["completion_lens"], _IDS, "completion_lens").tolist()
     ids = _as_array(
         _frombuffer(wire["completion_ids"], _IDS, "completion_ids"), _IDS, "completion_ids"
     )
@@ -478,7 +497,7 @@ def _decode_samples(wire: dict[str, Any]) -> tuple[RolloutSample, ...]:
     count = len(lens)
     if count == 0:
         raise ProtocolError("completion_lens", "a group needs at least one sample")
-    if lens.min() < 0 or int(lens.sum(dtype=np.int64)) != len(ids):
+    if min(lens) < 0 or sum(lens) != len(ids):
         raise ProtocolError(
             "completion_lens", f"lengths do not add up to the {len(ids)} completion ids"
         )
@@ -497,36 +516,40 @@ def _decode_samples(wire: dict[str, Any]) -> tuple[RolloutSample, ...]:
             _check_str(reasons[i], f"finish_reasons[{i}]")
     samples = []
     offset = 0
-    _set = object.__setattr__
-    for i, n in enumerate(lens.tolist()):
+    new = object.__new__
+    set_ids, set_logprobs, set_reward, set_components, set_reason = _SET_SAMPLE
+    for i, n in enumerate(lens):
         # Everything was checked once for the whole group above: build without re-checking.
-        sample = object.__new__(RolloutSample)
-        _set(sample, "completion_ids", ids[offset : offset + n])
-        _set(sample, "logprobs", logprobs[offset : offset + n])
-        _set(sample, "reward", rewards[i])
-        _set(sample, "reward_components", components[i])
-        _set(sample, "finish_reason", reasons[i])
+        sample = new(RolloutSample)
+        end = offset + n
+        set_ids(sample, ids[offset:end])
+        set_logprobs(sample, logprobs[offset:end])
+        set_reward(sample, rewards[i])
+        set_components(sample, components[i])
+        set_reason(sample, reasons[i])
         samples.append(sample)
-        offset += n
+        offset = end
     return tuple(samples)
 
 
 def _plain_scores(rewards: list[Any], components: list[Any], reasons: list[Any]) -> bool:
     """Fast check that rewards are finite floats, components str -> finite float, reasons str."""
-    if not all(type(c) is dict for c in components):
-        return False
-    values = [*rewards]
     for c in components:
-        values.extend(c.values())
+        if type(c) is not dict:
+            return False
+    values = [*rewards, *chain.from_iterable(map(dict.values, components))]
     plain = (
-        set(map(type, values)) <= {float}
-        and all(set(map(type, c)) <= {str} for c in components)
-        and set(map(type, reasons)) <= {str}
+        set(map(type, values)) <= _FLOAT
+        and set(map(type, chain.from_iterable(components))) <= _STR
+        and set(map(type, reasons)) <= _STR
     )
-    try:
-        return plain and math.isfinite(math.fsum(values))
-    except OverflowError:  # finite values whose sum overflows: let the slow path judge each
-        return False
+    # NaN and inf propagate through the sum; finite values whose sum overflows also land on
+    # the slow path, which judges each value.
+    return plain and math.isfinite(sum(values))
+
+
+_FLOAT = frozenset({float})
+_STR = frozenset({str})
 
 
 def _decode_vision(value: Any) -> VisionRef:

@@ -227,6 +227,16 @@ def test_non_finite_values_are_rejected(bad: float) -> None:
         RolloutSample([1], [bad], 0.0)
 
 
+def test_scores_that_do_not_sum_to_a_finite_number_are_judged_one_by_one() -> None:
+    wire = wire_of(make_group())
+    wire["rewards"][:2] = [math.inf, -math.inf]  # their sum is NaN
+    with pytest.raises(ProtocolError, match=r"rewards\[0\]"):
+        decode_wire(wire)
+    wire = wire_of(make_group())
+    wire["rewards"] = [1.7e308] * len(wire["rewards"])  # each finite; the sum overflows
+    assert decode_wire(wire).rewards.tolist() == wire["rewards"]
+
+
 def test_schema_version_unknown_keys_and_negative_ids() -> None:
     wire = wire_of(make_group())
     wire["schema"] = SCHEMA_VERSION + 1
