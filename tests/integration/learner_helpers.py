@@ -141,6 +141,7 @@ def rank_main(rank: int, world: int, port: int, spec: dict[str, Any], out_dir: s
         algorithm=spec.get("algorithm", "grpo"), model_path=spec["model_path"],
         checkpoint_dir=spec["checkpoint_dir"], sender=sender,
     )  # fmt: skip
+    worker.config_score_group = spec.get("score_group")
     if spec.get("poison_steps"):
         worker.objective = PoisonedObjective(worker.objective, worker, spec["poison_steps"])
     result: dict[str, Any] = {"resumed": worker.resume() if spec.get("resume") else False}
@@ -162,6 +163,10 @@ def _act(worker: Any, actions: list[str], result: dict[str, Any], out_dir: str, 
     for action in actions:
         if action == "step":
             result["metrics"].append(worker.step())
+        elif action == "score":
+            group = worker.config_score_group
+            seqs = worker.collator.group_sequences(group, torch.zeros(len(group.samples)))
+            result["scores"] = [lp.numpy() for lp in worker.logprobs(seqs)]
         elif action == "checksum":
             result.setdefault("checksums", []).append(_checksum(worker))
         elif action == "export_all":
