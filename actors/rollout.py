@@ -1,0 +1,399 @@
+"""The rollout actor: prompts in, scored `RolloutGroup`s out on the run's Redis stream.
+
+A `RolloutActor` (a Ray actor; `remote_rollout_actor` applies the restart policy) owns one
+`RolloutEngine` and a shard of dataset records. A batch takes the next `prompts_per_batch`
+records, decodes their videos (a `VideoError` skips and counts the record), renders the
+prompts, samples G completions each, scores them (`score_completion`; with T-GRPO, extra
+shuffled-frame rollouts are scored for `temporal_contrast` and never published), drops groups
+without signal and publishes the rest with the weight version that produced them.
+
+Admission control (bounded staleness): the actor numbers its batches from the learner version
+it (re)started at; batch b may start only while b - learner_version <= max_staleness, where
+learner_version is what `learner_version()` returns - by default the integer under
+`<prefix>:<run>:learner_version` in Redis (the learner writes its step count there); a driver
+may instead call `set_learner_version`. A (re)started actor reads `<prefix>:<run>:weights_version`
+(written by whoever pushes weights, see `publish_weights_version`) and publishes nothing until
+a weight update has brought its engine to at least that version. The actor also exposes the
+engine's weight-sync control plane (vLLM's four methods) so a trainer-side sender can drive it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from actors.engine import EngineRequest, Generation, RolloutEngine, SampleSpec
+from actors.prompts import build_messages, render_prompt
+from actors.rewards import RewardTarget, has_signal, score_completion, temporal_contrast
+from actors.rewards.extract import THINK_OPEN
+from system.config import RunConfig
+from system.data import Record, resolve_video
+from system.protocol import RolloutGroup, RolloutSample
+from system.video import DecodedVideo, VideoError, decode_video
+
+log = logging.getLogger("reelrl.rollout")
+
+POLL_S = 0.2
+
+
+def learner_version_key(prefix: str, run: str) -> str:
+    """Redis key of the learner's step count (the version its next broadcast carries)."""
+    return f"{prefix}:{run}:learner_version"
+
+
+def weights_version_key(prefix: str, run: str) -> str:
+    """Redis key of the newest weight version pushed to the engines."""
+    return f"{prefix}:{run}:weights_version"
+
+
+def publish_weights_version(client: Any, prefix: str, run: str, version: int) -> None:
+    """Record that `version` has been pushed (a restarted actor waits for it)."""
+    client.set(weights_version_key(prefix, run), version)
+
+
+def may_start_batch(batch: int, learner_version: int, max_staleness: int) -> bool:
+    """Admission: batch `batch` may start while it is at most `max_staleness` ahead."""
+    return batch - learner_version <= max_staleness
+
+
+@dataclass
+class Prompt:
+    """A record ready to generate for: decoded video, rendered prompt, reward target."""
+
+    record: Record
+    video: DecodedVideo
+    text: str
+    target: RewardTarget
+
+
+@dataclass
+class RolloutStats:
+    """Running totals behind `RolloutActor.stats()`."""
+
+    started: float = field(default_factory=time.monotonic)
+    gen_s: float = 0.0
+    tokens: int = 0
+    completions: int = 0
+    thinking: int = 0
+    reward_sum: float = 0.0
+    groups: int = 0
+    published: int = 0
+    filtered: int = 0
+    skipped_videos: int = 0
+    batches: int = 0
+
+    def as_dict(self, weight_version: int) -> dict[str, float]:
+        n = max(self.completions, 1)
+        return {
+            "tokens_per_s": self.tokens / self.gen_s if self.gen_s else 0.0,
+            "groups_per_s": self.published / max(time.monotonic() - self.started, 1e-9),
+            "reward_mean": self.reward_sum / n,
+            "response_length": self.tokens / n,
+            "think_ratio": self.thinking / n,
+            "filter_rate": self.filtered / max(self.groups, 1),
+            "groups_published": self.published,
+            "groups_filtered": self.filtered,
+            "skipped_videos": self.skipped_videos,
+            "batches": self.batches,
+            "weight_version": weight_version,
+        }
+
+
+def reward_target(record: Record) -> RewardTarget:
+    """What a record's completions are graded against (times relative to its clip)."""
+    return RewardTarget.from_fields(
+        record.problem_type,
+        record.answer,
+        options=record.options,
+        spans=record.spans,
+        phases=[p.model_dump() for p in record.phases or []],
+        time_offset=record.span[0] if record.span else 0.0,
+    )
+
+
+def shuffled(video: tuple[np.ndarray, dict[str, Any]], seed: int) -> tuple[np.ndarray, dict]:
+    """The same video input with its frames in a random order (T-GRPO)."""
+    frames, meta = video
+    order = np.random.default_rng(seed).permutation(len(frames))
+    return frames[order], dict(meta)
+
+
+class RolloutActor:
+    """Generates, scores and publishes groups for its shard of records (see module doc)."""
+
+    def __init__(self, config: RunConfig, records: Sequence[Record], index: int = 0) -> None:
+        if not records:
+            raise ValueError("a rollout actor needs at least one record")
+        self.config = config
+        self.records = [Record.model_validate(r) for r in records]
+        self.index = index
+        self.engine: RolloutEngine | None = None
+        self.processor: Any = None
+        self.queue: Any = None
+        self.redis: Any = None
+        self._learner_version: int | None = None
+        self._cursor = 0
+        self._batch = 0
+        self._required_version = 0
+        self.stats_ = RolloutStats()
+
+    async def start(self, engine: RolloutEngine | None = None) -> int:
+        """Start the engine, connect to Redis; returns the weight version it must reach
+        before publishing (a restarted actor waits for the current weights). Idempotent:
+        `step` calls it, so an actor Ray restarted starts again on its first call."""
+        if self.engine is not None:
+            return self._required_version
+        from transformers import AutoProcessor
+
+        from actors.engine import VLLMEngine
+        from system.queue import RolloutQueue
+        from system.redis_server import connect
+
+        cfg = self.config
+        self.processor = AutoProcessor.from_pretrained(cfg.model.path)
+        self.redis = connect(cfg.queue)
+        self.queue = RolloutQueue(self.redis, cfg.name, cfg.queue)
+        self.engine = engine or VLLMEngine.create(cfg, seed_offset=self.index)
+        pushed = self.redis.get(weights_version_key(cfg.queue.stream_prefix, cfg.name))
+        self._required_version = int(pushed or 0)
+        self._batch = self.learner_version()
+        return self._required_version
+
+    # ----------------------------------------------------------------------- admission
+
+    def learner_version(self) -> int:
+        """The learner's version: what the driver set, else the Redis key (0 when unset)."""
+        if self._learner_version is not None:
+            return self._learner_version
+        key = learner_version_key(self.config.queue.stream_prefix, self.config.name)
+        return int(self.redis.get(key) or 0)
+
+    def set_learner_version(self, version: int | None) -> None:
+        """Driver wiring: push the learner's version instead of reading it from Redis (None:
+        back to the Redis key)."""
+        self._learner_version = version
+
+    def admitted(self) -> bool:
+        """Whether the next batch may start now (staleness bound, current weights loaded)."""
+        assert self.engine is not None, "start() the actor first"
+        fresh = self.engine.weight_version >= self._required_version
+        return fresh and may_start_batch(
+            self._batch, self.learner_version(), self.config.rollout.max_staleness
+        )
+
+    # ----------------------------------------------------------------------- batches
+
+    async def run(self, max_batches: int | None = None) -> dict[str, float]:
+        """Run batches until `max_batches` (forever when None); returns `stats()`."""
+        done = 0
+        while max_batches is None or done < max_batches:
+            await self.step()
+            done += 1
+        return self.stats()
+
+    async def step(self) -> int:
+        """Wait for admission, then generate, score and publish one batch; returns the
+        number of groups published."""
+        await self.start()
+        while not self.admitted():
+            await asyncio.sleep(POLL_S)
+        self._batch += 1
+        self.stats_.batches += 1
+        prompts = await asyncio.to_thread(self._prepare, self._next_records())
+        if not prompts:
+            return 0
+        version = self.engine.weight_version
+        created = time.time()
+        groups = await self._generate_and_score(prompts, version, created)
+        for group in groups:
+            await asyncio.to_thread(self.queue.produce, group)
+        self.stats_.published += len(groups)
+        return len(groups)
+
+    def _next_records(self) -> list[Record]:
+        n = self.config.rollout.prompts_per_batch
+        picked = [self.records[(self._cursor + i) % len(self.records)] for i in range(n)]
+        self._cursor = (self._cursor + n) % len(self.records)
+        return picked
+
+    def _prepare(self, records: list[Record]) -> list[Prompt]:
+        cfg = self.config
+        prompts = []
+        for record in records:
+            start, end = record.span or (None, None)
+            try:
+                video = decode_video(
+                    resolve_video(record, cfg.data.root), cfg.video, cfg.model.family, start, end
+                )
+            except VideoError as exc:
+                log.warning("skipping record %s: %s", record.id, exc)
+                self.stats_.skipped_videos += 1
+                continue
+            messages = build_messages(
+                record.question, record.problem_type, cfg.rewards.format, record.options or ()
+            )
+            text = render_prompt(self.processor, messages)
+            prompts.append(Prompt(record, video, text, reward_target(record)))
+        return prompts
+
+    def _specs(self) -> tuple[SampleSpec, SampleSpec]:
+        r = self.config.rollout
+        s = r.sampling
+        ordered = SampleSpec(
+            n=r.group_size,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            max_tokens=s.max_new_tokens,
+            stop=tuple(s.stop),
+        )
+        extra = max(1, round(r.group_size * r.t_grpo.shuffled_fraction))
+        return ordered, SampleSpec(**{**ordered.__dict__, "n": extra})
+
+    async def _generate_and_score(
+        self, prompts: list[Prompt], version: int, created: float
+    ) -> list[RolloutGroup]:
+        ordered_spec, shuffled_spec = self._specs()
+        requests = [EngineRequest(p.text, p.video.vllm_input()) for p in prompts]
+        t_grpo = self.config.rollout.t_grpo.enabled
+        started = time.perf_counter()
+        jobs = [self.engine.generate(requests, ordered_spec)]
+        if t_grpo:
+            seeds = [self._batch * 1000 + i for i in range(len(prompts))]
+            mixed = [
+                EngineRequest(r.prompt, shuffled(r.video, s))
+                for r, s in zip(requests, seeds, strict=True)
+            ]
+            jobs.append(self.engine.generate(mixed, shuffled_spec))
+        results = await asyncio.gather(*jobs)
+        self.stats_.gen_s += time.perf_counter() - started
+        shuffled_gens = results[1] if t_grpo else [None] * len(prompts)
+        groups = []
+        for prompt, gen, mixed in zip(prompts, results[0], shuffled_gens, strict=True):
+            group = self._group(prompt, gen, mixed, version, created)
+            if group is not None:
+                groups.append(group)
+        return groups
+
+    def _group(
+        self,
+        prompt: Prompt,
+        gen: Generation,
+        mixed: Generation | None,
+        version: int,
+        created: float,
+    ) -> RolloutGroup | None:
+        cfg = self.config
+        scores = [score_completion(c.text, prompt.target, cfg.rewards) for c in gen.completions]
+        totals = [s.total for s in scores]
+        components = [dict(s.components) for s in scores]
+        meta: dict[str, Any] = {"actor": self.index}
+        if mixed is not None:
+            shuffled_scores = [
+                score_completion(c.text, prompt.target, cfg.rewards) for c in mixed.completions
+            ]
+            contrast = temporal_contrast(
+                [s.accuracy for s in scores],
+                [s.accuracy for s in shuffled_scores],
+                cfg.rollout.t_grpo,
+            )
+            for i, bonus in enumerate(contrast.bonuses):
+                totals[i] += bonus
+                components[i]["temporal"] = bonus
+            meta["t_grpo_holds"] = contrast.holds
+        self._count(gen, totals)
+        if cfg.rollout.filter_equal_rewards and not has_signal(totals):
+            self.stats_.filtered += 1
+            return None
+        samples = [
+            RolloutSample(
+                completion_ids=np.asarray(c.token_ids, dtype=np.int32),
+                logprobs=np.asarray(c.logprobs, dtype=np.float32),
+                reward=float(total),
+                reward_components=comp,
+                finish_reason=c.finish_reason,
+            )
+            for c, total, comp in zip(gen.completions, totals, components, strict=True)
+        ]
+        return RolloutGroup(
+            run_id=cfg.name,
+            group_id=RolloutGroup.new_group_id(),
+            record_id=prompt.record.id,
+            weight_version=version,
+            created_at=created,
+            finished_at=time.time(),
+            prompt_ids=np.asarray(gen.prompt_ids, dtype=np.int32),
+            vision=prompt.video.ref,
+            samples=tuple(samples),
+            problem_type=prompt.record.problem_type,
+            answer=prompt.record.answer,
+            stage=cfg.stages[0].name,
+            meta=meta,
+        )
+
+    def _count(self, gen: Generation, totals: list[float]) -> None:
+        s = self.stats_
+        s.groups += 1
+        s.completions += len(gen.completions)
+        s.tokens += sum(len(c.token_ids) for c in gen.completions)
+        s.thinking += sum(THINK_OPEN in c.text for c in gen.completions)
+        s.reward_sum += sum(totals)
+
+    def stats(self) -> dict[str, float]:
+        """tokens/s, groups/s, reward mean, response length, think ratio, filter rate, ..."""
+        version = self.engine.weight_version if self.engine is not None else 0
+        return self.stats_.as_dict(version)
+
+    # ----------------------------------------------------------------------- weight sync
+
+    def weight_version(self) -> int:
+        return self.engine.weight_version if self.engine is not None else 0
+
+    async def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
+        await self.engine.init_weight_transfer(init_info)
+
+    async def start_weight_update(self) -> None:
+        await self.engine.start_weight_update()
+
+    async def update_weights(self, update_info: dict[str, Any]) -> None:
+        await self.engine.update_weights(update_info)
+
+    async def finish_weight_update(self, weight_version: str | None = None) -> None:
+        version = self.engine.weight_version + 1 if weight_version is None else int(weight_version)
+        await self.engine.finish_weight_update(version)
+
+    async def sleep(self, level: int = 1) -> None:
+        await self.engine.sleep(level)
+
+    async def wake_up(self) -> None:
+        await self.engine.wake_up()
+
+    def shutdown(self) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None
+
+
+def remote_rollout_actor(config: RunConfig, records: Sequence[Record], index: int = 0) -> Any:
+    """A `RolloutActor` on Ray with the configured restarts (a restarted actor re-runs
+    `__init__` and starts again on its next `step`, waiting for the current weights). The
+    Redis password variable is forwarded from the driver's environment, never written down."""
+    import os
+
+    import ray
+
+    env = {k: os.environ[k] for k in (config.queue.password_env,) if k in os.environ}
+    cls = ray.remote(RolloutActor)
+    return cls.options(
+        max_restarts=config.rollout.max_restarts,
+        num_cpus=config.resources.cpus_per_engine,
+        num_gpus=config.resources.gpus_per_engine,
+        max_concurrency=16,
+        runtime_env={"env_vars": env},
+    ).remote(config, list(records), index)

