@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
 import pytest
 
-from system.protocol import decode_group
+from system.protocol import RolloutGroup, decode_group, encode_group
 from system.queue import QueueFull, RolloutQueue
 from system.redis_server import connect
 from tests.fixtures.redis import rollout_group
@@ -44,6 +45,20 @@ def test_produce_consume_ack_round_trip(queue_config, redis_run):
     assert (stats["length"], stats["pending"], stats["applied"]) == (2, 2, 3)
     assert stats["consumers"]["rank0"]["pending"] == 2
     assert producer.published() == 5
+
+
+def test_one_ack_of_thousands_of_entries(queue_config, redis_run):
+    # Past 8000 ids: the ack script hands them to XACK/XDEL/SADD in chunks (Lua unpack limit).
+    producer = make_queue(queue_config, redis_run, capacity=8200)
+    consumer = make_queue(queue_config, redis_run, consumer="rank0")
+    group = rollout_group(redis_run)
+    for _ in range(8100):
+        copy = dataclasses.replace(group, group_id=RolloutGroup.new_group_id())
+        producer.produce_encoded(copy.group_id, encode_group(copy))
+    got = drain(consumer, 8100, timeout_s=30)
+    consumer.ack([d.stream_id for d in got])
+    stats = consumer.stats()
+    assert (stats["length"], stats["pending"], stats["applied"]) == (0, 0, 8100)
 
 
 def test_publishing_a_group_twice_adds_one_entry(queue_config, redis_run, redis_client):
