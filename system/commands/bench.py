@@ -12,7 +12,7 @@ import importlib
 import json
 
 # Benchmark name -> module under system.benchmarks.
-BENCHMARKS: dict[str, str] = {"video": "video", "queue": "queue"}
+BENCHMARKS: dict[str, str] = {"video": "video", "queue": "queue", "learner": "learner"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,6 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
     parser.add_argument("--json", action="store_true", help="also print one JSON line at the end")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument("--size", default="tiny", help="model size where a benchmark builds one")
     parser.set_defaults(func=_run)
 
 
