@@ -24,7 +24,6 @@ from system.metrics import MetricsLogger
 from system.runtime import (
     QueueBackend,
     RunDirs,
-    RunSetupError,
     StopFlag,
     connect_ray,
     create_run_dir,
@@ -90,6 +89,8 @@ def run_stage(
     )
     print(f"stage {index + 1}/{len(config.stages)}: {stage.name} ({stage.algorithm}, "
           f"{stage.total_steps} steps) from {model_path}", flush=True)  # fmt: skip
+    from system.topology import Topology
+
     topology = Topology(cfg, stage, model_path, dirs, backend)
     metrics_log = MetricsLogger(dirs.stage(stage.name), cfg.logging, stage.total_steps)
     try:
@@ -103,12 +104,13 @@ def run_stage(
 def _step_loop(
     cfg: RunConfig,
     stage: StageConfig,
-    topology: Topology,
+    topology: Any,
     metrics_log: MetricsLogger,
     dirs: RunDirs,
     stop: StopFlag,
 ) -> StageResult:
     step = topology.resume()
+    topology.begin(step)
     last_checkpoint = step
     metrics: dict[str, float] = {}
     while step < stage.total_steps and not stop.requested:
@@ -153,150 +155,3 @@ def _cpus_needed(config: RunConfig) -> float:
     learners = config.learner.num_ranks * r.cpus_per_learner_rank
     engines = config.rollout.num_engines * r.cpus_per_engine
     return learners + engines + 1
-
-
-class Topology:
-    """The processes of one stage: learner ranks (every stage) and, for GRPO, the rollout
-    actors and their weight-sync group. Declared and torn down here only."""
-
-    def __init__(
-        self,
-        config: RunConfig,
-        stage: StageConfig,
-        model_path: str,
-        dirs: RunDirs,
-        backend: QueueBackend,
-    ) -> None:
-        self.config = config
-        self.stage = stage
-        self.model_path = model_path
-        self.dirs = dirs
-        self.backend = backend
-        self.learners: list[Any] = []
-        self.groups: list[Any] = []
-
-    # ----------------------------------------------------------------- lifecycle
-
-    def start(self) -> None:
-        if self.stage.algorithm == "grpo":
-            raise RunSetupError(
-                f"stage {self.stage.name}: GRPO stages need the rollout actors, which this "
-                "build of the driver does not start yet; run SFT stages only"
-            )
-        self._start_learners()
-
-    def shutdown(self) -> None:
-        import ray
-
-        if self.learners:
-            try:
-                ray.get([w.shutdown.remote() for w in self.learners], timeout=60)
-            except (ray.exceptions.RayError, TimeoutError) as exc:
-                log.warning("learner shutdown: %s", exc)
-        for actor in self.learners:
-            ray.kill(actor)
-        for group in self.groups:
-            ray.util.remove_placement_group(group)
-        self.learners, self.groups = [], []
-
-    # ----------------------------------------------------------------- the stage
-
-    def resume(self) -> int:
-        """Load the last committed checkpoint on every rank; the step to continue from."""
-        import ray
-
-        resumed = ray.get([w.resume.remote() for w in self.learners])
-        step = ray.get(self.learners[0].__ray_call__.remote(lambda w: w.global_step))
-        if resumed[0]:
-            print(f"stage {self.stage.name}: resumed at step {step}", flush=True)
-        return int(step)
-
-    def step(self) -> dict[str, float]:
-        """One optimizer step on every rank; rank 0's metrics."""
-        import ray
-
-        return ray.get([w.step.remote() for w in self.learners])[0]
-
-    def checkpoint(self) -> None:
-        import ray
-
-        paths = ray.get([w.save_checkpoint.remote() for w in self.learners])
-        print(f"checkpoint: {paths[0]}", flush=True)
-
-    # ----------------------------------------------------------------- placement
-
-    def _start_learners(self) -> None:
-        import ray
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        from learner.worker import LearnerWorker
-
-        cfg, r = self.config, self.config.resources
-        ranks = cfg.learner.num_ranks
-        bundle = {"CPU": r.cpus_per_learner_rank}
-        if r.gpus_per_learner_rank:
-            bundle["GPU"] = r.gpus_per_learner_rank
-        group = placement_group([dict(bundle) for _ in range(ranks)], strategy="PACK")
-        self.groups.append(group)
-        ray.get(group.ready(), timeout=300)
-        addr, port = ray.get(
-            _rendezvous.options(
-                num_cpus=0,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(group, 0),
-            ).remote()
-        )
-        remote = ray.remote(LearnerWorker)
-        env = {"DS_ACCELERATOR": "cuda" if r.gpus_per_learner_rank else "cpu"}
-        env.update(self.backend.actor_env(cfg))
-        self.learners = [
-            remote.options(
-                num_cpus=r.cpus_per_learner_rank,
-                num_gpus=r.gpus_per_learner_rank,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(group, rank),
-                runtime_env={"env_vars": env},
-            ).remote(
-                cfg,
-                rank,
-                ranks,
-                addr,
-                port,
-                algorithm=self.stage.algorithm,
-                model_path=self.model_path,
-                checkpoint_dir=str(self.dirs.checkpoints(self.stage.name)),
-            )
-            for rank in range(ranks)
-        ]
-
-
-def _rendezvous_impl() -> tuple[str, int]:
-    import socket
-
-    import ray
-
-    with socket.socket() as s:
-        s.bind(("", 0))
-        port = s.getsockname()[1]
-    return ray.util.get_node_ip_address(), port
-
-
-def _make_rendezvous() -> Any:
-    import ray
-
-    return ray.remote(_rendezvous_impl)
-
-
-class _LazyRemote:
-    """A Ray remote function created on first use, so importing this module needs no Ray."""
-
-    def __init__(self, factory: Any) -> None:
-        self._factory = factory
-        self._fn: Any = None
-
-    def options(self, **kwargs: Any) -> Any:
-        if self._fn is None:
-            self._fn = self._factory()
-        return self._fn.options(**kwargs)
-
-
-_rendezvous = _LazyRemote(_make_rendezvous)

@@ -164,6 +164,8 @@ def start_queue_backend(config: RunConfig, dirs: RunDirs) -> QueueBackend:
     try:
         if config.queue.url is None:
             server = EmbeddedRedis(dirs.redis).start()
+            # Actors started from this process read the password where cluster runs keep it.
+            os.environ[config.queue.password_env] = server.password or ""
             return QueueBackend(url=server.url, password=server.password, embedded=server)
         connect(config.queue).ping()
     except RedisConnectError as exc:

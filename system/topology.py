@@ -1,0 +1,276 @@
+"""The processes of one stage, declared in one place: placement groups, learner ranks
+(DeepSpeed, one Ray actor per rank) and, for GRPO stages, the rollout actors and the
+weight-sync group between learner rank 0 and every vLLM engine.
+
+Order for GRPO: rollout actors start their engines; learner ranks start with rank 0 holding a
+`LazySender` (the gloo/NCCL sender is built inside rank 0's process, where its sockets live);
+the first export forms the weight-sync group and pushes the full weights; then the actors'
+generation loops run while the driver steps the learner. After each step the driver records
+the learner's version in Redis (the actors' admission control reads it) and, every
+`weight_sync.every_steps`, exports the trainable weights to the engines.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from system.config import RunConfig, StageConfig
+from system.runtime import QueueBackend, RunDirs
+
+log = logging.getLogger("reelrl.driver")
+
+
+class LazySender:
+    """A picklable `WeightSender` that builds the real one (and connects it) on first use, in
+    the process that uses it: learner rank 0."""
+
+    def __init__(self, factory: Any) -> None:
+        self._factory = factory
+        self._sender: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_factory": self._factory, "_sender": None}
+
+    def _real(self) -> Any:
+        if self._sender is None:
+            sender = self._factory()
+            sender.connect()
+            self._sender = sender
+        return self._sender
+
+    def start(self, version: int) -> None:
+        self._real().start(version)
+
+    def send_bucket(self, bucket: Any) -> None:
+        self._real().send_bucket(bucket)
+
+    def finish(self, version: int) -> None:
+        self._real().finish(version)
+
+
+def _gloo_sender(handles: list[Any], address: str, port: int, timeout_s: float) -> Any:
+    from actors.weight_transfer.sender import GlooRolloutSender, RayEngineClient
+
+    clients = [RayEngineClient(h) for h in handles]
+    return GlooRolloutSender(clients, address, port, timeout_s)
+
+
+class Topology:
+    """Start, step, checkpoint and tear down one stage's processes (see module docstring)."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        stage: StageConfig,
+        model_path: str,
+        dirs: RunDirs,
+        backend: QueueBackend,
+    ) -> None:
+        self.config = config.model_copy(
+            update={"model": config.model.model_copy(update={"path": model_path})}
+        )
+        self.stage = stage
+        self.grpo = stage.algorithm == "grpo"
+        self.dirs = dirs
+        self.backend = backend
+        self.learners: list[Any] = []
+        self.actors: list[Any] = []
+        self.actor_runs: list[Any] = []
+        self.groups: list[Any] = []
+        self.redis: Any = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        if self.grpo:
+            self._start_rollout_actors()
+        self._start_learners()
+
+    def begin(self, step: int) -> None:
+        """After resume: push the learner's weights to the engines and start generating."""
+        if not self.grpo:
+            return
+        import ray
+
+        from actors.rollout import learner_version_key, publish_weights_version
+
+        ray.get([w.export.remote(include_frozen=True) for w in self.learners])
+        prefix, run = self.config.queue.stream_prefix, self.config.name
+        publish_weights_version(self.redis, prefix, run, step)
+        self.redis.set(learner_version_key(prefix, run), step)
+        self.actor_runs = [a.run.remote() for a in self.actors]
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        if self.learners:
+            try:
+                ray.get([w.shutdown.remote() for w in self.learners], timeout=60)
+            except (ray.exceptions.RayError, TimeoutError) as exc:
+                log.warning("learner shutdown: %s", exc)
+        for actor in self.learners:
+            ray.kill(actor, no_restart=True)
+        for group in self.groups:
+            ray.util.remove_placement_group(group)
+        self.learners, self.actors, self.actor_runs, self.groups = [], [], [], []
+
+    # ----------------------------------------------------------------- the stage
+
+    def resume(self) -> int:
+        """Load the last committed checkpoint on every rank; the step to continue from."""
+        import ray
+
+        resumed = ray.get([w.resume.remote() for w in self.learners])
+        step = int(ray.get(self.learners[0].__ray_call__.remote(lambda w: w.global_step)))
+        if resumed[0]:
+            print(f"stage {self.stage.name}: resumed at step {step}", flush=True)
+        return step
+
+    def step(self) -> dict[str, float]:
+        """One optimizer step on every rank (and the weight push when due); the metrics."""
+        import ray
+
+        self._check_actors()
+        metrics = dict(ray.get([w.step.remote() for w in self.learners])[0])
+        if not self.grpo:
+            return metrics
+        from actors.rollout import learner_version_key, publish_weights_version
+
+        step = int(metrics["step"])
+        prefix, run = self.config.queue.stream_prefix, self.config.name
+        if step % self.config.weight_sync.every_steps == 0:
+            exported = ray.get([w.export.remote() for w in self.learners])[0]
+            metrics["weight_sync_s"] = exported["export_s"]
+            publish_weights_version(self.redis, prefix, run, step)
+        self.redis.set(learner_version_key(prefix, run), step)
+        metrics.update(self.rollout_metrics())
+        return metrics
+
+    def checkpoint(self) -> None:
+        import ray
+
+        paths = ray.get([w.save_checkpoint.remote() for w in self.learners])
+        print(f"checkpoint: {paths[0]}", flush=True)
+
+    def rollout_metrics(self) -> dict[str, float]:
+        """Actor stats summed (rates, counts) or averaged (means), plus the queue's lag."""
+        import ray
+
+        from system.queue import read_stats
+
+        stats = ray.get([a.stats.remote() for a in self.actors])
+        out: dict[str, float] = {}
+        for key in stats[0]:
+            values = [float(s[key]) for s in stats]
+            mean_like = key.endswith(("_mean", "_ratio", "_rate", "version", "length"))
+            out[f"rollout/{key}"] = sum(values) / len(values) if mean_like else sum(values)
+        q = read_stats(self.redis, self.config.queue, self.config.name)
+        out.update({"queue/lag": q["length"], "queue/dead_letters": q["dead_letters"]})
+        out["lag"] = float(q["length"])
+        return out
+
+    def _check_actors(self) -> None:
+        """A rollout loop that ended has failed (they run forever): raise its error."""
+        import ray
+
+        if not self.actor_runs:
+            return
+        done, _ = ray.wait(self.actor_runs, timeout=0)
+        for ref in done:
+            ray.get(ref)  # raises the actor's error
+            raise RuntimeError("a rollout actor's generation loop ended unexpectedly")
+
+    # ----------------------------------------------------------------- placement
+
+    def _placement(self, count: int, cpus: float, gpus: float) -> Any:
+        import ray
+        from ray.util.placement_group import placement_group
+
+        bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+        group = placement_group([dict(bundle) for _ in range(count)], strategy="PACK")
+        self.groups.append(group)
+        ray.get(group.ready(), timeout=300)
+        return group
+
+    def _rendezvous(self, group: Any) -> tuple[str, int, int]:
+        """Rank 0's node address and two free ports there: torch.distributed's and the
+        weight-sync group's (whose store the sender hosts in rank 0's process)."""
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        strategy = PlacementGroupSchedulingStrategy(group, 0)
+        return ray.get(
+            ray.remote(_node_address).options(num_cpus=0, scheduling_strategy=strategy).remote()
+        )
+
+    def _start_learners(self) -> None:
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from learner.worker import LearnerWorker
+
+        cfg, r = self.config, self.config.resources
+        ranks = cfg.learner.num_ranks
+        group = self._placement(ranks, r.cpus_per_learner_rank, r.gpus_per_learner_rank)
+        addr, port, sync_port = self._rendezvous(group)
+        sender = self._sender(addr, sync_port) if self.grpo else None
+        env = {"DS_ACCELERATOR": "cuda" if r.gpus_per_learner_rank else "cpu"}
+        env.update(self.backend.actor_env(cfg))
+        remote = ray.remote(LearnerWorker)
+        self.learners = [
+            remote.options(
+                num_cpus=r.cpus_per_learner_rank,
+                num_gpus=r.gpus_per_learner_rank,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(group, rank),
+                runtime_env={"env_vars": env},
+            ).remote(
+                cfg,
+                rank,
+                ranks,
+                addr,
+                port,
+                algorithm=self.stage.algorithm,
+                model_path=cfg.model.path,
+                checkpoint_dir=str(self.dirs.checkpoints(self.stage.name)),
+                sender=sender if rank == 0 else None,
+            )
+            for rank in range(ranks)
+        ]
+
+    def _start_rollout_actors(self) -> None:
+        import ray
+
+        from actors.rollout import remote_rollout_actor
+        from system.data import load_split
+        from system.redis_server import connect
+
+        cfg = self.config
+        self.redis = connect(cfg.queue, password=self.backend.password)
+        records = [r for ds in load_split(cfg.data, "train") for r in ds.records]
+        n = cfg.rollout.num_engines
+        if len(records) < n:
+            raise ValueError(f"{len(records)} training records cannot feed {n} rollout engines")
+        self.actors = [remote_rollout_actor(cfg, records[i::n], index=i) for i in range(n)]
+        ray.get([a.start.remote() for a in self.actors])
+
+    def _sender(self, address: str, port: int) -> LazySender:
+        from functools import partial
+
+        timeout = self.config.weight_sync.timeout_s
+        return LazySender(partial(_gloo_sender, list(self.actors), address, port, timeout))
+
+
+def _node_address() -> tuple[str, int, int]:
+    """This node's IP and two free TCP ports on it."""
+    import socket
+
+    import ray
+
+    with socket.socket() as a, socket.socket() as b:
+        a.bind(("", 0))
+        b.bind(("", 0))
+        ports = a.getsockname()[1], b.getsockname()[1]
+    return ray.util.get_node_ip_address(), *ports
