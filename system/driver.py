@@ -122,6 +122,10 @@ def _step_loop(
             last_checkpoint = step
     if step > last_checkpoint or ckpt.latest(dirs.checkpoints(stage.name)) is None:
         topology.checkpoint()
+    accounting = topology.finish()
+    if accounting is not None:
+        (dirs.stage(stage.name) / "accounting.json").write_text(json.dumps(accounting, indent=1))
+        print("groups: " + ", ".join(f"{k} {v}" for k, v in accounting.items()), flush=True)
     export = _export_dir(dirs, stage)
     result = StageResult(stage.name, step, export, stopped=stop.requested, metrics=metrics)
     if not result.stopped:

@@ -101,6 +101,22 @@ class Topology:
         self.redis.set(learner_version_key(prefix, run), step)
         self.actor_runs = [a.run.remote() for a in self.actors]
 
+    def finish(self) -> dict[str, Any] | None:
+        """Stop generating and return the stage's group accounting (GRPO only). Actor
+        counters are read before the actors stop, so a batch in flight then is not counted
+        as filtered; the queue figures are read after, when nothing changes any more."""
+        if not self.grpo or not self.actors:
+            return None
+        import ray
+
+        from system.accounting import read_balance
+
+        stats = ray.get([a.stats.remote() for a in self.actors])
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors, self.actor_runs = [], []
+        return read_balance(self.redis, self.config.queue, self.config.name, stats)
+
     def shutdown(self) -> None:
         import ray
 
