@@ -7,11 +7,16 @@ prompts, samples G completions each, scores them (`score_completion`; with T-GRP
 shuffled-frame rollouts are scored for `temporal_contrast` and never published), drops groups
 without signal and publishes the rest with the weight version that produced them.
 
-Admission control (bounded staleness): the actor numbers its batches from the learner version
-it (re)started at; batch b may start only while b - learner_version <= max_staleness, where
-learner_version is what `learner_version()` returns - by default the integer under
-`<prefix>:<run>:learner_version` in Redis (the learner writes its step count there); a driver
-may instead call `set_learner_version`. A (re)started actor reads `<prefix>:<run>:weights_version`
+Admission control (bounded staleness): a learner step consumes `learner.groups_per_step`
+groups, so groups published beyond what the next `max_staleness + 1` steps consume would be
+trained on by weights more than `max_staleness` versions newer than theirs. A batch may start
+only while the run's published count (all actors, from the queue) is below
+`(learner_version + max_staleness + 1) * groups_per_step`, where learner_version is what
+`learner_version()` returns - by default the integer under `<prefix>:<run>:learner_version` in
+Redis (the driver writes the learner's step count there); a driver may instead call
+`set_learner_version`. Counting published groups, not batches, keeps the bound when groups are
+filtered: an actor whose batches are all filtered keeps generating instead of waiting on a
+learner that is waiting on it. A (re)started actor reads `<prefix>:<run>:weights_version`
 (written by whoever pushes weights, see `publish_weights_version`) and publishes nothing until
 a weight update has brought its engine to at least that version. The actor also exposes the
 engine's weight-sync control plane (vLLM's four methods) so a trainer-side sender can drive it.
@@ -57,9 +62,12 @@ def publish_weights_version(client: Any, prefix: str, run: str, version: int) ->
     client.set(weights_version_key(prefix, run), version)
 
 
-def may_start_batch(batch: int, learner_version: int, max_staleness: int) -> bool:
-    """Admission: batch `batch` may start while it is at most `max_staleness` ahead."""
-    return batch - learner_version <= max_staleness
+def may_start_batch(
+    published: int, learner_version: int, max_staleness: int, groups_per_step: int
+) -> bool:
+    """Admission: another batch may start while the groups published so far are all needed
+    by the learner's next `max_staleness + 1` steps."""
+    return published < (learner_version + max_staleness + 1) * groups_per_step
 
 
 @dataclass
@@ -183,8 +191,12 @@ class RolloutActor:
         """Whether the next batch may start now (staleness bound, current weights loaded)."""
         assert self.engine is not None, "start() the actor first"
         fresh = self.engine.weight_version >= self._required_version
+        cfg = self.config
         return fresh and may_start_batch(
-            self._batch, self.learner_version(), self.config.rollout.max_staleness
+            self.queue.published(),
+            self.learner_version(),
+            cfg.rollout.max_staleness,
+            cfg.learner.groups_per_step,
         )
 
     # ----------------------------------------------------------------------- batches
