@@ -3,9 +3,10 @@ gloo process group, for vLLM on CPU.
 
 The trainer (rank 0) and every vLLM worker (ranks `rank_offset + worker rank`) form a gloo
 group of their own, outside vLLM's default group, rendezvousing on the trainer's TCPStore.
-An update is the packed buckets of `buckets.plan_buckets` broadcast from rank 0. Every bucket
-of an update is received into staging first; only a complete update is kept, and the model is
-loaded from it in `finish_weight_update`. Each broadcast is bounded by the group timeout and the
+A version is the packed buckets of `system.weight_sync` broadcast from rank 0, announced to
+the engine by `update_weights` calls (one or more buckets each). Every bucket is received into
+staging first; the model is loaded from the staging only in `finish_weight_update`, and a
+failed bucket drops the whole staging. Each broadcast is bounded by the group timeout and the
 whole update by `timeout_s`: when the sender dies or stalls, `update_weights` raises a
 `WeightTransferError` naming the bucket, staging is dropped, and the model keeps serving the
 previous weights, untouched. A later `init_weight_transfer_engine` (a restarted trainer)
@@ -17,7 +18,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ from vllm.distributed.weight_transfer.base import (
     WeightTransferUpdateInfo,
 )
 
-from actors.weight_transfer.buckets import TensorMeta, plan_buckets, unpack
+from system.weight_sync import Bucket, BucketEntry, unpack_bucket
 
 log = logging.getLogger("reelrl.weight_transfer")
 
@@ -47,7 +48,6 @@ class GlooInitInfo(WeightTransferInitInfo):
     master_port: int
     rank_offset: int
     world_size: int
-    bucket_bytes: int
     timeout_s: float
     group_name: str = "0"
     """Distinguishes successive groups on the same store (a re-init after a failure)."""
@@ -55,21 +55,22 @@ class GlooInitInfo(WeightTransferInitInfo):
 
 @dataclass
 class GlooUpdateInfo(WeightTransferUpdateInfo):
-    """The parameters of one update, in the order the trainer packs them."""
+    """One or more packed buckets that follow on the group, in order: each is the manifest of
+    `system.weight_sync.Bucket` and the byte size of its packed tensor."""
 
-    names: list[str]
-    dtype_names: list[str]
-    shapes: list[list[int]]
+    buckets: list[dict[str, Any]]
     version: int = -1
-    extra: dict[str, Any] = field(default_factory=dict)
 
-    def metas(self) -> list[TensorMeta]:
-        if not len(self.names) == len(self.dtype_names) == len(self.shapes):
-            raise ValueError("names, dtype_names and shapes must have the same length")
-        return [
-            TensorMeta(n, d, tuple(s))
-            for n, d, s in zip(self.names, self.dtype_names, self.shapes, strict=True)
-        ]
+
+def bucket_of(spec: dict[str, Any], packed: torch.Tensor) -> Bucket:
+    """A `Bucket` from its wire manifest and the received bytes."""
+    entries = tuple(
+        BucketEntry(
+            e["name"], tuple(e["shape"]), getattr(torch, e["dtype"]), e["offset"], e["nbytes"]
+        )
+        for e in spec["manifest"]
+    )
+    return Bucket(entries, packed)
 
 
 @dataclass
@@ -150,7 +151,7 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         log.info("joined weight-transfer group %s as rank %d", init_info.group_name, rank)
 
     def start_weight_update(self) -> None:
-        self._staged = None
+        self._staged = []
 
     def update_weights(self, update_info: dict[str, Any]) -> None:
         # The base class synchronizes an accelerator afterwards; on CPU there is none.
@@ -159,35 +160,32 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
     def receive_weights(self, update_info: GlooUpdateInfo) -> None:
         if self.group is None or self.info is None:
             raise WeightTransferError("gloo weight transfer is not initialised")
-        self._staged = None
-        metas = update_info.metas()
-        plan = plan_buckets(metas, self.info.bucket_bytes)
+        staged, self._staged = self._staged, None  # dropped for good if anything fails below
+        staged = [] if staged is None else staged
         deadline = time.monotonic() + self.info.timeout_s
-        staged: list[tuple[str, torch.Tensor]] = []
-        for index, bucket in enumerate(plan):
+        for index, spec in enumerate(update_info.buckets):
+            what = f"weight update v{update_info.version}: bucket {index + 1}/{len(update_info.buckets)}"
             left = deadline - time.monotonic()
-            what = f"weight update v{update_info.version}: bucket {index + 1}/{len(plan)}"
             if left <= 0:
                 raise WeightTransferError(
-                    f"{what} not started within the {self.info.timeout_s}s bound; "
+                    f"{what} not received within the {self.info.timeout_s}s bound; "
                     "keeping the previous weights"
                 )
-            bucket_metas = [metas[i] for i in bucket]
-            buffer = torch.empty(sum(m.nbytes for m in bucket_metas), dtype=torch.uint8)
+            packed = torch.empty(int(spec["nbytes"]), dtype=torch.uint8)
             try:
-                broadcast(self.group, buffer, left)
+                broadcast(self.group, packed, left)
             except RuntimeError as exc:
                 raise WeightTransferError(
                     f"{what} failed ({_first_line(exc)}); the sender died or stalled, "
                     "keeping the previous weights"
                 ) from None
-            staged.extend(unpack(buffer, bucket_metas))
+            staged.extend(unpack_bucket(bucket_of(spec, packed)))
         self._staged = staged
 
     def finish_weight_update(self) -> None:
         staged, self._staged = self._staged, None
-        if staged is None:
-            log.warning("finish_weight_update without a complete update: weights unchanged")
+        if not staged:
+            log.warning("finish_weight_update without a received update: weights unchanged")
             return
         from vllm.model_executor.model_loader.reload import (
             finalize_layerwise_reload,

