@@ -13,4 +13,6 @@ COMMANDS = [
     "synth",
     "queue",
     "bench",
+    "infer",
+    "eval",
 ]

@@ -12,7 +12,12 @@ import importlib
 import json
 
 # Benchmark name -> module under system.benchmarks.
-BENCHMARKS: dict[str, str] = {"video": "video", "queue": "queue", "learner": "learner"}
+BENCHMARKS: dict[str, str] = {
+    "video": "video",
+    "queue": "queue",
+    "learner": "learner",
+    "rollout": "rollout",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
