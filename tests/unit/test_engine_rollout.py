@@ -1,0 +1,103 @@
+"""RolloutActor scoring against a scripted `RolloutEngine` double (no vLLM): rewards,
+T-GRPO shuffled rollouts (scored, never published, bonus on the ordered samples), the
+equal-reward filter and stats."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from actors.engine import Completion, EngineRequest, Generation, SampleSpec
+from actors.rollout import RolloutActor
+from system.config import RunConfig
+from system.data import Record, read_items
+
+RIGHT = "\\boxed{D}<think>it goes down</think>\\boxed{D}"
+WRONG = "\\boxed{A}<think>it goes left</think>\\boxed{A}"
+
+
+class ScriptedEngine:
+    """`RolloutEngine` whose completions are given texts; shuffled-frame requests (detected
+    by their frames differing from the first call's) get `shuffled_texts`."""
+
+    def __init__(self, texts: list[str], shuffled_texts: list[str]) -> None:
+        self.texts = texts
+        self.shuffled_texts = shuffled_texts
+        self.weight_version = 3
+        self.calls: list[tuple[int, int]] = []
+
+    async def generate(self, requests: Sequence[EngineRequest], spec: SampleSpec):
+        texts = self.texts if not self.calls else self.shuffled_texts
+        self.calls.append((len(requests), spec.n))
+        return [
+            Generation(
+                prompt_ids=[1, 2, 3],
+                completions=[
+                    Completion([5] * (i + 1), [-0.5] * (i + 1), texts[i % len(texts)], "stop")
+                    for i in range(spec.n)
+                ],
+            )
+            for _ in requests
+        ]
+
+
+def actor_for(tiny_qwen2_5_vl, synthetic_dataset, engine, **rollout) -> RolloutActor:
+    from transformers import AutoProcessor
+
+    config = RunConfig.model_validate(
+        {
+            "model": {"path": str(tiny_qwen2_5_vl)},
+            "data": {"root": str(synthetic_dataset)},
+            "video": {"num_frames": 4, "max_video_tokens": 64, "min_pixels": 3136},
+            "rollout": {"group_size": 4, "prompts_per_batch": 1, **rollout},
+        }
+    )
+    record = next(
+        Record.model_validate(item)
+        for _, item in read_items(synthetic_dataset / "train.jsonl")
+        if item["answer"] == "D"
+    )
+    actor = RolloutActor(config, [record])
+    actor.engine = engine
+    actor.processor = AutoProcessor.from_pretrained(tiny_qwen2_5_vl)
+    return actor
+
+
+def run_batch(actor: RolloutActor):
+    prompts = actor._prepare(actor._next_records())
+    return asyncio.run(actor._generate_and_score(prompts, actor.engine.weight_version, 0.0))
+
+
+def test_groups_scored_and_tagged(tiny_qwen2_5_vl, synthetic_dataset):
+    engine = ScriptedEngine([RIGHT, WRONG], [])
+    actor = actor_for(tiny_qwen2_5_vl, synthetic_dataset, engine)
+    (group,) = run_batch(actor)
+    assert engine.calls == [(1, 4)]
+    assert group.weight_version == 3 and len(group.samples) == 4
+    rewards = [s.reward for s in group.samples]
+    # answer_twice: 0.9 + 1.1 + 1.0 (format) for right, 1.0 (format) for wrong.
+    assert rewards == pytest.approx([3.0, 1.0, 3.0, 1.0])
+    assert [len(s.logprobs) for s in group.samples] == [1, 2, 3, 4]
+    stats = actor.stats()
+    assert stats["reward_mean"] == pytest.approx(2.0) and stats["think_ratio"] == 1.0
+
+
+def test_t_grpo_shuffled_rollouts_are_scored_not_published(tiny_qwen2_5_vl, synthetic_dataset):
+    engine = ScriptedEngine([RIGHT, WRONG], [WRONG])
+    actor = actor_for(tiny_qwen2_5_vl, synthetic_dataset, engine, t_grpo={"enabled": True})
+    (group,) = run_batch(actor)
+    assert engine.calls == [(1, 4), (1, 2)]  # G/2 shuffled rollouts were generated
+    assert len(group.samples) == 4  # ... and never published
+    # Ordered accuracy 0.5 >= 0.8 x shuffled 0: correct rollouts get +0.3.
+    assert [s.reward for s in group.samples] == pytest.approx([3.3, 1.0, 3.3, 1.0])
+    assert group.samples[0].reward_components["temporal"] == pytest.approx(0.3)
+    assert group.meta["t_grpo_holds"] is True
+
+
+def test_equal_reward_groups_are_filtered(tiny_qwen2_5_vl, synthetic_dataset):
+    actor = actor_for(tiny_qwen2_5_vl, synthetic_dataset, ScriptedEngine([WRONG], []))
+    assert run_batch(actor) == []
+    assert actor.stats()["filter_rate"] == 1.0
+
