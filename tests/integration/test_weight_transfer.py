@@ -7,6 +7,7 @@ timeout while the engine keeps generating with the previous weights."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import subprocess
 import sys
@@ -48,12 +49,21 @@ def engine(tiny_qwen2_5_vl):
     loop = asyncio.new_event_loop()
     eng = loop.run_until_complete(_create(VLLMEngine, config))
     yield loop, eng
-    eng.shutdown()
+    # Shut down inside the loop and collect while it is open: a zmq context of AsyncLLM
+    # finalised after the loop closed can block forever in its destructor.
+    loop.run_until_complete(_shutdown(eng))
+    del eng
+    gc.collect()
     loop.close()
 
 
 async def _create(cls, config):
     return cls.create(config)
+
+
+async def _shutdown(eng) -> None:
+    eng.shutdown()
+    await asyncio.sleep(0.5)
 
 
 def greedy(loop, eng) -> tuple[list[int], list[int], list[float]]:
