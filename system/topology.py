@@ -7,7 +7,9 @@ Order for GRPO: rollout actors start their engines; learner ranks start with ran
 the first export forms the weight-sync group and pushes the full weights; then the actors'
 generation loops run while the driver steps the learner. After each step the driver records
 the learner's version in Redis (the actors' admission control reads it) and, every
-`weight_sync.every_steps`, exports the trainable weights to the engines.
+`weight_sync.every_steps`, exports the trainable weights to the engines. Colocated
+(`resources.colocate`, one GPU shared): instead of free-running loops, the engines generate
+the next step's groups, sleep through the learner step, and wake for the weight push.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from system.config import RunConfig, StageConfig
 from system.runtime import QueueBackend, RunDirs
 
 log = logging.getLogger("reelrl.driver")
+
+# A learner step still waiting after this long prints what the rollout side is doing.
+WAIT_REPORT_S = 60.0
 
 
 class LazySender:
@@ -72,6 +77,10 @@ class Topology:
         )
         self.stage = stage
         self.grpo = stage.algorithm == "grpo"
+        self.colocated = self.grpo and config.resources.colocate
+        # Engines release GPU memory while the learner steps; on CPU there is none to free and
+        # colocated means only that generation and training alternate (no overlap).
+        self.sleeps = self.colocated and config.resources.gpus_per_engine > 0
         self.dirs = dirs
         self.backend = backend
         self.learners: list[Any] = []
@@ -99,7 +108,8 @@ class Topology:
         prefix, run = self.config.queue.stream_prefix, self.config.name
         publish_weights_version(self.redis, prefix, run, step)
         self.redis.set(learner_version_key(prefix, run), step)
-        self.actor_runs = [a.run.remote() for a in self.actors]
+        if not self.colocated:
+            self.actor_runs = [a.run.remote() for a in self.actors]
 
     def finish(self) -> dict[str, Any] | None:
         """Stop generating and return the stage's group accounting (GRPO only). Actor
@@ -149,14 +159,29 @@ class Topology:
         """One optimizer step on every rank (and the weight push when due); the metrics."""
         import ray
 
-        self._check_actors()
-        metrics = dict(ray.get([w.step.remote() for w in self.learners])[0])
+        if self.colocated:
+            self._generate_then_sleep()
+        refs = [w.step.remote() for w in self.learners]
+        while True:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=WAIT_REPORT_S)
+            # A rank that failed leaves the others blocked in a collective: raise its error
+            # now instead of waiting for them.
+            for ref in ready:
+                ray.get(ref)
+            if len(ready) == len(refs):
+                break
+            self._check_actors()
+            if self.grpo:
+                print(self._waiting_report(), flush=True)
+        metrics = dict(ray.get(refs)[0])
         if not self.grpo:
             return metrics
         from actors.rollout import learner_version_key, publish_weights_version
 
         step = int(metrics["step"])
         prefix, run = self.config.queue.stream_prefix, self.config.name
+        if self.sleeps:
+            ray.get([a.wake_up.remote() for a in self.actors])
         if step % self.config.weight_sync.every_steps == 0:
             exported = ray.get([w.export.remote() for w in self.learners])[0]
             metrics["weight_sync_s"] = exported["export_s"]
@@ -187,6 +212,36 @@ class Topology:
         out.update({"queue/lag": q["length"], "queue/dead_letters": q["dead_letters"]})
         out["lag"] = float(q["length"])
         return out
+
+    def _generate_then_sleep(self) -> None:
+        """Colocated mode (learner and engines share a GPU): the engines generate until the
+        queue holds the next step's groups, then sleep, releasing their memory for the learner
+        step; `step` wakes them before the weight push."""
+        import ray
+
+        from system.queue import read_stats
+
+        needed = self.config.learner.groups_per_step
+        while read_stats(self.redis, self.config.queue, self.config.name)["undelivered"] < needed:
+            ray.get([a.step.remote() for a in self.actors])
+        if self.sleeps:
+            ray.get([a.sleep.remote() for a in self.actors])
+
+    def _waiting_report(self) -> str:
+        """Why a GRPO step is slow: what the actors generated and what the filter dropped."""
+        m = self.rollout_metrics()
+        generated = m["rollout/groups_published"] + m["rollout/groups_filtered"]
+        line = (
+            f"waiting for rollout groups: {generated:.0f} generated, "
+            f"{m['rollout/groups_filtered']:.0f} filtered, "
+            f"{m['rollout/groups_published']:.0f} published, {m['lag']:.0f} in the queue"
+        )
+        if generated and m["rollout/groups_published"] == 0:
+            line += (
+                " - every group had equal rewards (no learning signal); train the format "
+                "first (an SFT stage) or set rollout.filter_equal_rewards=false"
+            )
+        return line
 
     def _check_actors(self) -> None:
         """A rollout loop that ended has failed (they run forever): raise its error."""
