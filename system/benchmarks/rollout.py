@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> dict:
             figures |= _weight_update(loop, engine, model, 2 if quick else 5)
         finally:
             engine.shutdown()
-    figures["model"] = summary.split(",")[0] + f" ({figures['params_m']:.2f}M params)"
+    figures["model"] = summary.split(",")[0]
     _print(figures)
     return figures
 

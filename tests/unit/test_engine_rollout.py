@@ -100,4 +100,3 @@ def test_equal_reward_groups_are_filtered(tiny_qwen2_5_vl, synthetic_dataset):
     actor = actor_for(tiny_qwen2_5_vl, synthetic_dataset, ScriptedEngine([WRONG], []))
     assert run_batch(actor) == []
     assert actor.stats()["filter_rate"] == 1.0
-
