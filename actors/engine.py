@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from system.config import RunConfig
+from system.video import VISION_PLACEHOLDERS
 
 log = logging.getLogger("reelrl.engine")
 
@@ -183,7 +184,7 @@ class VLLMEngine:
             await self._cond.wait_for(lambda: not self._updating)
             self._in_flight += 1
         try:
-            params = _sampling_params(spec)
+            params = _sampling_params(spec, self._banned())
             return list(await asyncio.gather(*(self._one(r, params) for r in requests)))
         finally:
             async with self._cond:
@@ -202,6 +203,14 @@ class VLLMEngine:
             prompt_ids=list(final.prompt_token_ids),
             completions=[_completion(c) for c in final.outputs],
         )
+
+    def _banned(self) -> list[int]:
+        """Vision placeholder ids: sampled in a completion, they would be read as slots for
+        vision features when the learner re-runs prompt + completion."""
+        if self.tokenizer is None:
+            return []
+        ids = [self.tokenizer.convert_tokens_to_ids(t) for t in VISION_PLACEHOLDERS]
+        return [int(i) for i in ids if isinstance(i, int) and i != self.tokenizer.unk_token_id]
 
     # ----------------------------------------------------------------------- weights
 
@@ -256,11 +265,12 @@ class VLLMEngine:
         self.llm.shutdown()
 
 
-def _sampling_params(spec: SampleSpec) -> Any:
+def _sampling_params(spec: SampleSpec, banned: Sequence[int] = ()) -> Any:
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
     return SamplingParams(
+        logit_bias={token: -100.0 for token in banned} or None,
         n=spec.n,
         temperature=spec.temperature,
         top_p=spec.top_p,

@@ -23,7 +23,13 @@ import torch
 
 from system.config import Family
 from system.protocol import RolloutGroup, VisionRef
-from system.video import SPATIAL_MERGE, VideoError, decode_ref, processor_kwargs
+from system.video import (
+    SPATIAL_MERGE,
+    VISION_PLACEHOLDERS,
+    VideoError,
+    decode_ref,
+    processor_kwargs,
+)
 
 VIDEO_PAD = "<|video_pad|>"
 _PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
@@ -113,6 +119,11 @@ class Collator:
         self.tokenizer = processor.tokenizer
         self.video_pad_id = int(self.tokenizer.convert_tokens_to_ids(VIDEO_PAD))
         self.pad_id = int(self.tokenizer.pad_token_id)
+        # Placeholders the model's forward counts against the vision features: a completion
+        # that contains one would break the forward on this rank (and hang the others).
+        self.vision_ids = torch.tensor(
+            [int(self.tokenizer.convert_tokens_to_ids(t)) for t in VISION_PLACEHOLDERS]
+        )
         self._cache: OrderedDict[str, VisionInputs] = OrderedDict()
         self._cache_size = cache_videos
 
@@ -176,6 +187,11 @@ class Collator:
             completion = torch.from_numpy(sample.completion_ids.astype(np.int64))  # [C]
             if completion.numel() == 0:
                 continue  # nothing to score
+            if bool(torch.isin(completion, self.vision_ids).any()):
+                raise GroupRejected(
+                    "a completion contains vision placeholder tokens (the rollout engine must "
+                    "not sample them)"
+                )
             out.append(
                 Sequence(
                     input_ids=torch.cat([prompt, completion]),

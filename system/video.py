@@ -30,6 +30,9 @@ TEMPORAL_PATCH = 2
 SPATIAL_MERGE = 2
 PATCH_SIZE: dict[str, int] = {"qwen2_5_vl": 14, "qwen3_vl": 16}
 VIDEO_BACKEND = "decord"
+# Vision placeholder tokens of the Qwen-VL chat format: the model's forward counts them
+# against the vision features, so they may appear in prompts only, never in completions.
+VISION_PLACEHOLDERS = ("<|video_pad|>", "<|image_pad|>", "<|vision_start|>", "<|vision_end|>")
 _DECORD_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
 
 

@@ -58,14 +58,14 @@ def setup(tiny_model, synthetic_dataset):
 def test_group_to_micro_batches_alignment(setup):
     family, _, processor, video, prompt = setup
     collator = Collator(processor, family)
-    group = _group(prompt, video.ref, [[5, 6, 7], [8, 9]], [1.0, 0.0])
+    group = _group(prompt, video.ref, [[50, 60, 70], [80, 90]], [1.0, 0.0])
     seqs = collator.group_sequences(group, torch.tensor([1.0, -1.0]))
     assert [s.prompt_len for s in seqs] == [prompt.numel()] * 2
     (mb,) = collator.micro_batches(seqs, size=2)
     p = prompt.numel()
     assert mb.input_ids.shape == (2, p + 3)
-    # Row 0: positions p-1..p+1 predict 5, 6, 7; row 1 is padded after p+2.
-    assert mb.targets[0, p - 1 : p + 2].tolist() == [5, 6, 7]
+    # Row 0: positions p-1..p+1 predict 50, 60, 70; row 1 is padded after p+2.
+    assert mb.targets[0, p - 1 : p + 2].tolist() == [50, 60, 70]
     assert mb.loss_mask[0].nonzero().flatten().tolist() == [p - 1, p, p + 1]
     assert mb.loss_mask[1].nonzero().flatten().tolist() == [p - 1, p]
     assert mb.attention_mask[1].tolist() == [1] * (p + 2) + [0]
@@ -137,3 +137,14 @@ def test_text_only_group(setup):
         collator.group_sequences(_group(prompt, None, [[5, 6]], [1.0]), torch.ones(1)), 4
     )
     assert mb.vision == {} and mb.num_tokens == 2
+
+
+
+@pytest.mark.parametrize("token", ["<|video_pad|>", "<|vision_start|>", "<|image_pad|>"])
+def test_completion_with_vision_placeholder_is_rejected(setup, token):
+    family, _, processor, video, prompt = setup
+    collator = Collator(processor, family)
+    placeholder = processor.tokenizer.convert_tokens_to_ids(token)
+    group = _group(prompt, video.ref, [[50, placeholder, 70], [80, 90]], [1.0, 0.0])
+    with pytest.raises(GroupRejected, match="vision placeholder"):
+        collator.group_sequences(group, torch.tensor([1.0, -1.0]))
