@@ -2,10 +2,14 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint format clean
+.PHONY: setup run test test-fast lint format clean
 
 setup:
 	bash scripts/setup.sh
+
+# The main job: the CPU debug run end to end (tiny model, synthetic clips, embedded Redis).
+run: setup
+	.venv/bin/reelrl train configs/debug_cpu.yaml $(ARGS)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -154,6 +154,8 @@ class LearnerWorker:
         timing["optimizer_s"] = time.perf_counter() - t1
         out = self._finish_step(applied, grad_norm, losses, metrics, batch.rewards, timing)
         out["step_s"] = time.perf_counter() - t0
+        out["trained_tokens"] = tokens  # completion tokens in the loss, all ranks
+        out["trained_sequences"] = seqs
         return out
 
     def _micro_step(

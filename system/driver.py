@@ -53,9 +53,10 @@ def train(config_path: str, overrides: list[str], resume: str | None = None) -> 
     dirs = create_run_dir(config, resume)
     print(f"run directory: {dirs.root}", flush=True)
     prepare_assets(config)
+    where = connect_ray(config, min_cpus=_cpus_needed(config))
+    print(f"ray: {where}", flush=True)
+    # After ray.init, which installs its own SIGTERM handler in this process.
     with StopFlag() as stop:
-        where = connect_ray(config, min_cpus=_cpus_needed(config))
-        print(f"ray: {where}", flush=True)
         backend = start_queue_backend(config, dirs)
         try:
             model_path = config.model.path

@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "queue": "queue",
     "learner": "learner",
     "rollout": "rollout",
+    "run": "run",
 }
 
 
