@@ -43,7 +43,14 @@ def ray_head(tmp_path):
     """A Ray head started with `ray start --head --block` in its own process group, so the
     test stops exactly the processes it started."""
     gcs, dashboard = _free_port(), _free_port()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+    # Token auth, as Ray enables it by default: the head creates ~/.ray/auth_token when it is
+    # missing and the job client presents it.
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+    }
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
         [
