@@ -139,7 +139,6 @@ def test_text_only_group(setup):
     assert mb.vision == {} and mb.num_tokens == 2
 
 
-
 @pytest.mark.parametrize("token", ["<|video_pad|>", "<|vision_start|>", "<|image_pad|>"])
 def test_completion_with_vision_placeholder_is_rejected(setup, token):
     family, _, processor, video, prompt = setup
