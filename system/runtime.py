@@ -135,7 +135,8 @@ def connect_ray(config: RunConfig, min_cpus: float) -> str:
         ray.init(address=address, log_to_driver=True)
         return f"Ray cluster at {address}"
     cpus = max(os.cpu_count() or 1, MIN_LOCAL_CPUS, int(min_cpus + 0.999))
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    # "local": a new instance even when `ray start` left a cluster address file behind.
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True)
     return f"local Ray ({cpus} logical CPUs)"
 
 

@@ -69,6 +69,10 @@ def ray_head(tmp_path):
             head.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+        # `ray start` records its address for later `ray.init()` calls; drop the stale record.
+        record = Path("/tmp/ray/ray_current_cluster")
+        if record.is_file() and record.read_text().strip().endswith(f":{gcs}"):
+            record.unlink()
 
 
 def test_ray_job_submit_runs_reelrl_train(ray_head, tmp_path):
