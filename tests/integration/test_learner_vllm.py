@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from tests.fixtures.models import offline_llm
 from tests.integration.learner_helpers import BUDGET, _group, make_groups, run_ranks
 from tests.integration.test_learner_grpo import learner_config, spec_for
 
@@ -20,13 +21,13 @@ def test_export_loads_in_vllm_with_learner_logprobs(
     tmp_path,
 ):  # fmt: skip
     from transformers import AutoProcessor
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
 
     from actors.prompts import build_messages, render_prompt
     from learner.sft import encode_prompt
     from system.data import Record
     from system.queue import RolloutQueue
-    from system.video import decode_video, processor_kwargs
+    from system.video import decode_video
 
     groups = make_groups(tiny_qwen2_5_vl, "qwen2_5_vl", synthetic_dataset, 2, redis_run)
     queue = RolloutQueue(redis_client, redis_run, queue_config)
@@ -48,25 +49,13 @@ def test_export_loads_in_vllm_with_learner_logprobs(
 
     messages = build_messages(record.question, record.problem_type, "answer_twice",
                               record.options or ())  # fmt: skip
-    llm = LLM(
-        model=str(tmp_path / "ckpt" / "step_00000001" / "hf"),
-        dtype="float32",
-        max_model_len=2048,
-        gpu_memory_utilization=0.1,
-        enforce_eager=True,
-        seed=0,
-        limit_mm_per_prompt={"video": 1, "image": 0},
-        mm_processor_kwargs=processor_kwargs(),
-    )
-    try:
+    with offline_llm(str(tmp_path / "ckpt" / "step_00000001" / "hf")) as llm:
         request = {
             "prompt": render_prompt(processor, messages),
             "multi_modal_data": {"video": [video.vllm_input()]},
         }
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
         (out,) = llm.generate([request], params, use_tqdm=False)
-    finally:
-        llm.llm_engine.engine_core.shutdown()
     assert list(out.prompt_token_ids) == ids.tolist()
     tail = out.prompt_logprobs[-SCORED:]
     vllm = np.array([step[t].logprob for step, t in zip(tail, ids[-SCORED:], strict=True)])

