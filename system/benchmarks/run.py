@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "logging.tensorboard=false",
         "checkpoint.every_steps=1000",
     ]
-    figures: dict[str, Any] = {"steps": steps, "model": "tiny qwen2_5_vl (1.73M params)"}
+    figures: dict[str, Any] = {"steps": steps}
     for mode, overrides in MODES.items():
         run_dir = train(str(CONFIG), [*common, *overrides])
         first, *rows = read_metrics(run_dir / "stages" / "rl" / "metrics.jsonl")
@@ -48,12 +48,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "step_s": wall / len(rows),
             "run_dir": str(run_dir),
         }
+    figures["model"] = _model_size(run_dir)
     figures["ratio_groups"] = figures["async"]["groups_per_s"] / figures["sync"]["groups_per_s"]
     figures["ratio_tokens"] = (
         figures["async"]["trained_tokens_per_s"] / figures["sync"]["trained_tokens_per_s"]
     )
     _print(figures)
     return figures
+
+
+def _model_size(run_dir: Path) -> str:
+    """`family (N params)` of the run's model, counted from its safetensors weights."""
+    import math
+
+    from safetensors import safe_open
+
+    from system.config import load_config
+
+    config = load_config(run_dir / "config.yaml")
+    total = 0
+    for shard in Path(config.model.path).glob("*.safetensors"):
+        with safe_open(str(shard), "pt") as f:
+            total += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+    return f"{config.model.family} ({total / 1e6:.2f}M params)"
 
 
 def _print(f: dict[str, Any]) -> None:
