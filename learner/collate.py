@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from learner.positions import mrope_positions
 from system.config import Family
 from system.protocol import RolloutGroup, VisionRef
 from system.video import (
@@ -81,6 +82,7 @@ class MicroBatch:
     advantages: torch.Tensor  # [B]
     vision: dict[str, torch.Tensor] = field(default_factory=dict)
     weight: float = 1.0
+    position_ids: torch.Tensor | None = None  # [3, B, L] (Qwen2.5-VL, see learner.positions)
 
     @property
     def num_tokens(self) -> int:
@@ -96,6 +98,7 @@ class MicroBatch:
             "attention_mask": self.attention_mask,
             "mm_token_type_ids": self.mm_token_type_ids,
             **self.vision,
+            **({} if self.position_ids is None else {"position_ids": self.position_ids}),
         }
 
     def filler(self) -> MicroBatch:
@@ -113,9 +116,18 @@ class MicroBatch:
 class Collator:
     """Turns groups into sequences and sequences into micro-batches for one model family."""
 
-    def __init__(self, processor: Any, family: Family, cache_videos: int = 8) -> None:
+    def __init__(
+        self,
+        processor: Any,
+        family: Family,
+        cache_videos: int = 8,
+        tokens_per_second: float | None = None,
+    ) -> None:
+        """`tokens_per_second` (the vision config's) turns on explicit Qwen2.5-VL positions
+        (learner.positions), as the rollout engine computes them."""
         self.processor = processor
         self.family = family
+        self.tokens_per_second = tokens_per_second if family == "qwen2_5_vl" else None
         self.tokenizer = processor.tokenizer
         self.video_pad_id = int(self.tokenizer.convert_tokens_to_ids(VIDEO_PAD))
         self.pad_id = int(self.tokenizer.pad_token_id)
@@ -233,7 +245,14 @@ class Collator:
             if s.behaviour_logprobs is not None:
                 behaviour[i, p - 1 : n - 1] = s.behaviour_logprobs
         types = torch.tensor(self.processor.create_mm_token_type_ids(ids.tolist()))  # [B, L]
+        positions = None
+        if self.tokens_per_second is not None:
+            positions = torch.zeros(3, b, length, dtype=torch.int64)  # [3, B, L]
+            for i, s in enumerate(seqs):
+                n = s.input_ids.numel()
+                positions[:, i, :n] = self._positions(types[i, :n].tolist(), s.vision)
         return MicroBatch(
+            position_ids=positions,
             input_ids=ids,
             attention_mask=attn,
             mm_token_type_ids=types * attn,
@@ -242,6 +261,15 @@ class Collator:
             behaviour_logprobs=behaviour,
             advantages=torch.tensor([s.advantage for s in seqs], dtype=torch.float32),
             vision=_stack_vision([s.vision for s in seqs if s.vision is not None]),
+        )
+
+    def _positions(self, types: list[int], vision: VisionInputs | None) -> torch.Tensor:
+        if vision is None:
+            return mrope_positions(types, [], [], SPATIAL_MERGE)
+        t, h, w = (int(x) for x in vision.video_grid_thw[0])
+        seconds = 1.0 if vision.second_per_grid_ts is None else float(vision.second_per_grid_ts[0])
+        return mrope_positions(
+            types, [(t, h, w)], [seconds * self.tokens_per_second], SPATIAL_MERGE
         )
 
 

@@ -17,6 +17,7 @@ calls it directly in a process of its own.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -78,7 +79,11 @@ class LearnerWorker:
             checkpoint_dir or Path(config.output_dir) / config.name / "checkpoints"
         )
         self.processor = AutoProcessor.from_pretrained(self.base_model)
-        self.collator = Collator(self.processor, config.model.family)
+        self.collator = Collator(
+            self.processor,
+            config.model.family,
+            tokens_per_second=_tokens_per_second(self.base_model),
+        )
         self.objective: Objective = (
             GRPOObjective(learner.grpo) if algorithm == "grpo" else SFTObjective()
         )
@@ -153,6 +158,8 @@ class LearnerWorker:
         applied, grad_norm = self._optimizer_step(bad)
         timing["optimizer_s"] = time.perf_counter() - t1
         out = self._finish_step(applied, grad_norm, losses, metrics, batch.rewards, timing)
+        if batch.samples:
+            out.update(batch.sample_means())
         out["step_s"] = time.perf_counter() - t0
         out["trained_tokens"] = tokens  # completion tokens in the loss, all ranks
         out["trained_sequences"] = seqs
@@ -379,3 +386,10 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tokens_per_second(model_path: str) -> float | None:
+    """The vision config's temporal position rate (Qwen2.5-VL), None when it has none."""
+    config = json.loads((Path(model_path) / "config.json").read_text())
+    value = config.get("vision_config", {}).get("tokens_per_second")
+    return None if value is None else float(value)
