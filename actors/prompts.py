@@ -116,18 +116,18 @@ def user_text(
 
 
 def build_messages(
-    question: str, problem_type: str, fmt: OutputFormat, options: Sequence[str] = ()
+    question: str,
+    problem_type: str,
+    fmt: OutputFormat,
+    options: Sequence[str] = (),
+    video: bool = True,
 ) -> list[dict[str, Any]]:
-    """Chat messages for a video question: system prompt, then [video, text] in the user turn."""
+    """Chat messages for a question: system prompt, then [video, text] in the user turn (the
+    text alone for a text-only question)."""
+    text = {"type": "text", "text": user_text(question, problem_type, fmt, options)}
     return [
         {"role": "system", "content": SYSTEM_PROMPTS[fmt]},
-        {
-            "role": "user",
-            "content": [
-                {"type": "video"},
-                {"type": "text", "text": user_text(question, problem_type, fmt, options)},
-            ],
-        },
+        {"role": "user", "content": [{"type": "video"}, text] if video else [text]},
     ]
 
 

@@ -40,12 +40,16 @@ def sft_target(record: Record, fmt: OutputFormat, reasoning: str | None = None) 
 
 
 def encode_prompt(
-    processor: Any, record: Record, video: DecodedVideo, fmt: OutputFormat
+    processor: Any, record: Record, video: DecodedVideo | None, fmt: OutputFormat
 ) -> torch.Tensor:
     """Prompt token ids [P] with the video placeholder expanded, as the rollout engine sees
-    them (same messages, chat template and processor options)."""
-    messages = build_messages(record.question, record.problem_type, fmt, record.options or ())
+    them (same messages, chat template and processor options); text alone without a video."""
+    messages = build_messages(
+        record.question, record.problem_type, fmt, record.options or (), video=video is not None
+    )
     text = render_prompt(processor, messages)
+    if video is None:
+        return processor(text=[text], return_tensors="pt")["input_ids"][0]
     out = processor(
         text=[text],
         videos=[video.frames],
@@ -64,11 +68,15 @@ def sft_sequence(
     root: str,
     fmt: OutputFormat,
 ) -> Sequence:
-    """One SFT sequence: the record's prompt + video, then `target` and the end-of-turn."""
-    start, end = record.span if record.span else (None, None)
-    video = decode_video(resolve_video(record, root), video_config, collator.family, start, end)
+    """One SFT sequence: the record's prompt (+ video, unless text-only), then `target` and
+    the end-of-turn."""
+    video, vision = None, None
+    if record.video is not None:
+        start, end = record.span if record.span else (None, None)
+        path = resolve_video(record, root)
+        video = decode_video(path, video_config, collator.family, start, end)
+        vision = collator.vision_inputs(video.ref)
     prompt = encode_prompt(collator.processor, record, video, fmt)  # [P]
-    vision = collator.vision_inputs(video.ref)
     collator.check_prompt(prompt, vision)
     completion = collator.tokenizer(target + END_OF_TURN, add_special_tokens=False)["input_ids"]
     completion = torch.tensor(completion, dtype=torch.int64)  # [C]

@@ -50,8 +50,9 @@ class Record(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: str = Field(min_length=1)
-    video: str = Field(min_length=1)
-    """Path relative to the data root, an absolute path, or a URI."""
+    video: str | None = Field(None, min_length=1)
+    """Path relative to the data root, an absolute path, or a URI; absent for a text-only
+    question (text reasoning SFT)."""
     problem_type: ProblemType
     question: str = Field(min_length=1)
     answer: str = Field(min_length=1)
@@ -105,7 +106,10 @@ def _number(text: str) -> float | None:
 
 
 def resolve_video(record: Record, root: str | Path) -> str:
-    """The path or URI to decode: URIs and absolute paths as they are, others under `root`."""
+    """The path or URI to decode: URIs and absolute paths as they are, others under `root`.
+    A text-only record has none: DataError (video stages skip and count it)."""
+    if record.video is None:
+        raise DataError(f"record {record.id} has no video (a text-only record)")
     if "://" in record.video or Path(record.video).is_absolute():
         return record.video
     return str(Path(root) / record.video)

@@ -45,12 +45,17 @@ DIRECTIONS: dict[str, tuple[int, int]] = {
     "down": (0, 1),
 }
 DIRECTION_OPTIONS = ["A. left", "B. right", "C. up", "D. down"]
+START_SIDE = {"left": "right", "right": "left", "up": "bottom", "down": "top"}
 TASKS = ("direction", "appear", "count", "phases")
-SPLITS = {"train": 0, "eval": 1}
+SPLITS = {"train": 0, "eval": 1, "text": 2}
 MANIFEST = "manifest.json"
 
 
 # --------------------------------------------------------------------------- drawing
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _canvas(n: int) -> np.ndarray:
@@ -83,6 +88,7 @@ def _task_direction(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any
         "question": "In which direction does the square move?",
         "options": DIRECTION_OPTIONS,
         "answer": answer,
+        "meta": {"reasoning": f"The square starts at the {START_SIDE[name]} and moves {name}."},
     }
 
 
@@ -100,6 +106,7 @@ def _task_appear(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
         "question": "When is the square visible? Give the start and end time in seconds.",
         "answer": f"[{t1:.1f}, {t2:.1f}]",
         "spans": [[float(t1), float(t2)]],
+        "meta": {"reasoning": f"The square appears at {t1} s and is gone at {t2} s."},
     }
 
 
@@ -120,6 +127,7 @@ def _task_count(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
         "problem_type": "numerical",
         "question": "How many times does the square change colour?",
         "answer": str(changes),
+        "meta": {"reasoning": f"The colours are {', '.join(names)}: {_plural(changes, 'change')}."},
     }
 
 
@@ -156,6 +164,7 @@ def _task_phases(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
         "question": "The square moves in several phases. Name the direction of each move, in order.",
         "answer": ", ".join(name for name, _ in moves),
         "phases": phases,
+        "meta": {"reasoning": "It moves " + ", then ".join(name for name, _ in moves) + "."},
     }
 
 
@@ -164,6 +173,93 @@ RENDERERS: dict[str, Callable[[np.random.Generator], tuple[np.ndarray, dict[str,
     "appear": _task_appear,
     "count": _task_count,
     "phases": _task_phases,
+}
+
+
+# --------------------------------------------------------------------------- text tasks
+# The same four questions told in words (positions, times, colours) instead of shown: the text
+# reasoning stage learns the answer formats and the reasoning before it sees a video.
+
+AXIS_NOTE = "(x grows to the right, y grows downwards.)"
+
+
+def _point(x: float, y: float) -> str:
+    return f"x={round(x)}, y={round(y)}"
+
+
+def _text_direction(rng: np.random.Generator) -> dict[str, Any]:
+    name = str(rng.choice(list(DIRECTIONS)))
+    dx, dy = DIRECTIONS[name]
+    x0, y0 = (int(v) for v in rng.integers(10, 90, size=2))
+    dist = int(rng.integers(20, 60))
+    x1, y1 = x0 + dx * dist, y0 + dy * dist
+    changed = f"x goes from {x0} to {x1}" if dx else f"y goes from {y0} to {y1}"
+    return {
+        "problem_type": "multiple_choice",
+        "question": f"At the start the square is at {_point(x0, y0)}; at the end it is at "
+        f"{_point(x1, y1)} {AXIS_NOTE} In which direction does the square move?",
+        "options": DIRECTION_OPTIONS,
+        "answer": "ABCD"[list(DIRECTIONS).index(name)],
+        "meta": {"reasoning": f"{changed}, so it moves {name}."},
+    }
+
+
+def _text_appear(rng: np.random.Generator) -> dict[str, Any]:
+    duration = int(rng.integers(5, 9))
+    t1 = int(rng.integers(1, duration - 2))
+    t2 = int(rng.integers(t1 + 2, duration))
+    return {
+        "problem_type": "temporal_grounding",
+        "question": f"A clip lasts {duration} s. A square appears {t1} s after the start and "
+        f"stays for {t2 - t1} s. When is the square visible? Give the start and end time "
+        "in seconds.",
+        "answer": f"[{t1:.1f}, {t2:.1f}]",
+        "spans": [[float(t1), float(t2)]],
+        "meta": {
+            "reasoning": f"It appears at {t1} s and stays {t2 - t1} s, so it is gone at {t2} s."
+        },
+    }
+
+
+def _text_count(rng: np.random.Generator) -> dict[str, Any]:
+    changes = int(rng.integers(1, 4))
+    names = [str(rng.choice(list(PALETTE)))]
+    for _ in range(changes):
+        names.append(str(rng.choice([c for c in PALETTE if c != names[-1]])))
+    return {
+        "problem_type": "numerical",
+        "question": f"The square is shown in these colours, in order: {', '.join(names)}. "
+        "How many times does the square change colour?",
+        "answer": str(changes),
+        "meta": {"reasoning": f"The colours are {', '.join(names)}: {_plural(changes, 'change')}."},
+    }
+
+
+def _text_phases(rng: np.random.Generator) -> dict[str, Any]:
+    x, y = 50, 50
+    points, names, phases = [_point(x, y)], [], []
+    for i in range(int(rng.integers(2, 4))):
+        name = str(rng.choice([d for d in DIRECTIONS if not names or d != names[-1]]))
+        dx, dy = DIRECTIONS[name]
+        x, y = x + 20 * dx, y + 20 * dy
+        points.append(_point(x, y))
+        names.append(name)
+        phases.append({"name": name, "start": 2.0 * i, "end": 2.0 * (i + 1)})
+    return {
+        "problem_type": "subaction",
+        "question": f"Every 2 s the square's position is: {'; '.join(points)} {AXIS_NOTE} "
+        "The square moves in several phases. Name the direction of each move, in order.",
+        "answer": ", ".join(names),
+        "phases": phases,
+        "meta": {"reasoning": "It moves " + ", then ".join(names) + "."},
+    }
+
+
+TEXT_RENDERERS: dict[str, Callable[[np.random.Generator], dict[str, Any]]] = {
+    "direction": _text_direction,
+    "appear": _text_appear,
+    "count": _text_count,
+    "phases": _text_phases,
 }
 
 
@@ -226,8 +322,19 @@ def make_record(split: str, index: int, seed: int, video_dir: Path) -> dict[str,
     }
 
 
-def generate(out: str | Path, n_train: int, n_eval: int, seed: int = 0) -> dict[str, Any]:
-    """Write videos/, train.jsonl, eval.jsonl and a manifest under `out`; returns the manifest.
+def make_text_record(index: int, seed: int) -> dict[str, Any]:
+    """One text-only question (no video); the task cycles like the video splits."""
+    task = TASKS[index % len(TASKS)]
+    rng = np.random.default_rng([seed, SPLITS["text"], index])
+    return {"id": f"synth-text-{index:05d}", **TEXT_RENDERERS[task](rng),
+            "source": f"synthetic-text/{task}"}  # fmt: skip
+
+
+def generate(
+    out: str | Path, n_train: int, n_eval: int, seed: int = 0, n_text: int = 0
+) -> dict[str, Any]:
+    """Write videos/, train.jsonl, eval.jsonl, text.jsonl (text-only questions) and a manifest
+    under `out`; returns the manifest.
 
     The JSONL files are written to a temporary name and renamed, and the manifest last, so an
     interrupted run is regenerated rather than half-used.
@@ -241,7 +348,9 @@ def generate(out: str | Path, n_train: int, n_eval: int, seed: int = 0) -> dict[
         records = [make_record(split, i, seed, video_dir) for i in range(n)]
         _write_jsonl(out / f"{split}.jsonl", records)
         tasks[split] = {t: sum(r["source"] == f"synthetic/{t}" for r in records) for t in TASKS}
-    manifest = {"seed": seed, "n_train": n_train, "n_eval": n_eval, "tasks": tasks}
+    _write_jsonl(out / "text.jsonl", [make_text_record(i, seed) for i in range(n_text)])
+    manifest = {"seed": seed, "n_train": n_train, "n_eval": n_eval, "n_text": n_text,
+                "tasks": tasks}  # fmt: skip
     _write_atomic(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
@@ -251,12 +360,13 @@ def ensure_synthetic(spec: SyntheticSpec) -> Path:
     and sizes is already there; returns the directory."""
     out = Path(spec.out)
     manifest = out / MANIFEST
-    want = {"seed": spec.seed, "n_train": spec.n_train, "n_eval": spec.n_eval}
+    want = {"seed": spec.seed, "n_train": spec.n_train, "n_eval": spec.n_eval,
+            "n_text": spec.n_text}  # fmt: skip
     if manifest.is_file():
         have = json.loads(manifest.read_text())
         if all(have.get(k) == v for k, v in want.items()):
             return out
-    generate(out, spec.n_train, spec.n_eval, spec.seed)
+    generate(out, spec.n_train, spec.n_eval, spec.seed, spec.n_text)
     return out
 
 

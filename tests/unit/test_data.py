@@ -275,3 +275,10 @@ def test_load_split_filters_problem_types(tmp_path):
     (ds,) = load_split(config, "train")
     assert [r.id for r in ds.records] == ["n"]
     assert ds.skipped == Counter({"problem_type multiple_choice not selected": 1})
+
+
+def test_text_only_record_has_no_video_to_resolve():
+    rec = parse_record({**GOOD, "video": None}, "x")
+    assert rec.video is None
+    with pytest.raises(DataError, match="no video"):
+        resolve_video(rec, "/data")

@@ -62,3 +62,21 @@ def test_sft_sequence_scores_only_the_completion(tiny_qwen2_5_vl, synthetic_data
     assert torch.equal(scored, completion)
     pads = int((seq.input_ids == collator.video_pad_id).sum())
     assert pads == seq.vision.tokens > 0
+
+
+def test_text_only_record_has_no_video_and_no_vision_tokens(tiny_qwen2_5_vl):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_qwen2_5_vl)
+    record = Record(
+        id="t1", problem_type="numerical", question="Red, blue, red: how many changes?",
+        answer="2", meta={"reasoning": "Two changes."},
+    )  # fmt: skip
+    collator = Collator(processor, "qwen2_5_vl")
+    target = sft_target(record, "answer_twice")
+    seq = sft_sequence(collator, record, target, BUDGET, "/nonexistent", "answer_twice")
+    assert seq.vision is None
+    assert not bool(torch.isin(seq.input_ids, collator.vision_ids).any())
+    prompt = processor.tokenizer.decode(seq.input_ids[: seq.prompt_len])
+    assert "how many changes?" in prompt and "<|vision_start|>" not in prompt
+    assert processor.tokenizer.decode(seq.input_ids[seq.prompt_len :]) == target + END_OF_TURN

@@ -15,10 +15,12 @@ from system.config import DatasetSpec, SyntheticSpec
 from system.data import load_dataset
 from system.synthetic import (
     BACKGROUND,
+    DIRECTIONS,
     FPS,
     RENDERERS,
     ensure_synthetic,
     generate,
+    make_text_record,
 )
 
 
@@ -120,3 +122,60 @@ def test_ensure_synthetic_reuses_and_regenerates(tmp_path):
     assert (out / "train.jsonl").stat().st_mtime_ns == stamp  # reused
     ensure_synthetic(spec.model_copy(update={"n_train": 8}))
     assert len((out / "train.jsonl").read_text().splitlines()) == 8  # sizes changed: redone
+
+
+def test_text_questions_are_valid_records_whose_answers_follow_from_the_text(tmp_path):
+    import re
+
+    from system.data import parse_record
+
+    generate(tmp_path, 4, 0, seed=2, n_text=40)
+    lines = (tmp_path / "text.jsonl").read_text().splitlines()
+    records = [parse_record(json.loads(line), f"text.jsonl:{i}") for i, line in enumerate(lines)]
+    assert len(records) == 40 and all(r.video is None for r in records)
+    assert {r.source for r in records} == {f"synthetic-text/{t}" for t in
+                                           ("direction", "appear", "count", "phases")}  # fmt: skip
+    for r in records:
+        assert r.answer in r.meta["reasoning"] or r.problem_type != "numerical"
+        numbers = [int(n) for n in re.findall(r"-?\d+", r.question)]
+        if r.source.endswith("direction"):
+            x0, y0, x1, y1 = numbers[:4]
+            (dx, dy), letter = (
+                (x1 - x0, y1 - y0),
+                "ABCD"[
+                    list(DIRECTIONS).index(
+                        ("right" if x1 > x0 else "left")
+                        if x1 != x0
+                        else ("down" if y1 > y0 else "up")
+                    )
+                ],
+            )
+            assert (dx == 0) != (dy == 0) and r.answer == letter
+        elif r.source.endswith("appear"):
+            _duration, start, stay = numbers[:3]
+            assert r.spans == [(float(start), float(start + stay))]
+        elif r.source.endswith("count"):
+            colours = r.question.split(": ")[1].split(". How")[0].split(", ")
+            assert int(r.answer) == sum(a != b for a, b in itertools.pairwise(colours))
+        else:
+            xy = list(zip(numbers[1::2], numbers[2::2], strict=False))  # "Every 2 s" comes first
+            moves = [("right" if b[0] > a[0] else "left") if b[0] != a[0] else
+                     ("down" if b[1] > a[1] else "up") for a, b in itertools.pairwise(xy)]  # fmt: skip
+            assert r.answer == ", ".join(moves)
+    assert make_text_record(3, 2) == json.loads(lines[3])  # deterministic per index
+
+
+def test_video_records_carry_a_reasoning_trace_with_the_answer(synthetic_dataset):
+    train = load_dataset(DatasetSpec(path=str(synthetic_dataset / "train.jsonl")))
+    for record in train.records:
+        trace = record.meta["reasoning"]
+        if record.problem_type == "multiple_choice":
+            name = record.options["ABCD".index(record.answer)].split(". ")[1]
+            assert f"moves {name}" in trace
+        elif record.problem_type == "numerical":
+            assert f": {record.answer} change" in trace
+        elif record.problem_type == "subaction":
+            assert trace == "It moves " + record.answer.replace(", ", ", then ") + "."
+        else:
+            start, end = record.spans[0]
+            assert f"at {int(start)} s" in trace and f"at {int(end)} s" in trace
