@@ -38,7 +38,7 @@ from actors.prompts import build_messages, render_prompt
 from actors.rewards import RewardTarget, has_signal, score_completion, temporal_contrast
 from actors.rewards.extract import THINK_OPEN
 from system.config import RunConfig
-from system.data import Record, resolve_video
+from system.data import DataError, Record, resolve_video
 from system.protocol import RolloutGroup, RolloutSample
 from system.video import DecodedVideo, VideoError, decode_video
 
@@ -243,7 +243,7 @@ class RolloutActor:
                 video = decode_video(
                     resolve_video(record, cfg.data.root), cfg.video, cfg.model.family, start, end
                 )
-            except VideoError as exc:
+            except (VideoError, DataError) as exc:
                 log.warning("skipping record %s: %s", record.id, exc)
                 self.stats_.skipped_videos += 1
                 continue
@@ -356,6 +356,32 @@ class RolloutActor:
         s.tokens += sum(len(c.token_ids) for c in gen.completions)
         s.thinking += sum(THINK_OPEN in c.text for c in gen.completions)
         s.reward_sum += sum(totals)
+
+    async def evaluate(
+        self,
+        records: Sequence[Record],
+        modes: Sequence[str],
+        tau: float,
+        first_max_tokens: int = 64,
+        think_max_tokens: int = 512,
+    ) -> dict[str, Any]:
+        """Held-out evaluation with the engine's current weights (system.evaluation): greedy,
+        in the given inference modes; generation for training goes on alongside."""
+        from system.evaluation import evaluate
+
+        await self.start()
+        report = await evaluate(
+            self.engine,
+            self.processor,
+            [Record.model_validate(r) for r in records],
+            self.config,
+            modes,  # type: ignore[arg-type]
+            tau,
+            first_max_tokens,
+            think_max_tokens,
+        )
+        report["weight_version"] = self.engine.weight_version
+        return report
 
     def stats(self) -> dict[str, float]:
         """tokens/s, groups/s, reward mean, response length, think ratio, filter rate, ..."""

@@ -34,6 +34,17 @@ class Batch:
     sequences: list[Sequence]
     group_ids: list[str] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
+    samples: list[dict[str, float]] = field(default_factory=list)
+    """Per trained sample: its reward components and response length (for metrics)."""
+
+    def sample_means(self) -> dict[str, float]:
+        """Mean of each reward component (`reward/<name>`) and of the response length."""
+        keys = sorted({k for s in self.samples for k in s})
+        return {
+            k if k == "response_length" else f"reward/{k}": sum(s.get(k, 0.0) for s in self.samples)
+            / len(self.samples)
+            for k in keys
+        }
 
 
 class BatchSource(Protocol):
@@ -100,6 +111,10 @@ class QueueSource:
                 batch.sequences.extend(seqs)
                 batch.group_ids.append(d.group.group_id)
                 batch.rewards.extend(d.group.rewards.tolist())
+                batch.samples.extend(
+                    {**s.reward_components, "response_length": float(len(s.completion_ids))}
+                    for s in d.group.samples
+                )
                 self.uncommitted.append(d.stream_id)
         return batch
 

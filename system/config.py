@@ -70,6 +70,8 @@ class SyntheticSpec(_Section):
     """Training records to generate."""
     n_eval: int = Field(200, ge=0)
     """Held-out records to generate."""
+    n_text: int = Field(0, ge=0)
+    """Text-only questions to generate (text.jsonl, for a text reasoning SFT stage)."""
     seed: int = 0
     """Generator seed."""
 
@@ -299,10 +301,17 @@ class LoggingConfig(_Section):
 
 
 class EvalConfig(_Section):
+    enabled: bool = True
+    """Evaluate GRPO stages on `data.eval` with the rollout engines: before the first step
+    (the previous stage's weights), every `every_steps`, and after the last step."""
     every_steps: int = Field(0, ge=0)
-    """Evaluate on held-out data every this many steps (0: only at the end)."""
+    """Also evaluate every this many steps (0: only before and after the stage)."""
     max_prompts: int = Field(200, ge=1)
     """Held-out prompts per evaluation."""
+    first_max_tokens: int = Field(64, ge=1)
+    """Token limit of the first (answer) pass."""
+    think_max_tokens: int = Field(512, ge=1)
+    """Token limit of the think pass."""
     modes: list[Literal["direct", "always_think", "gated"]] = Field(
         default_factory=lambda: ["direct", "always_think", "gated"]
     )

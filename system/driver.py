@@ -70,7 +70,18 @@ def train(config_path: str, overrides: list[str], resume: str | None = None) -> 
                     break
         finally:
             backend.stop()
+    _report(dirs)
     return dirs.root
+
+
+def _report(dirs: RunDirs) -> None:
+    """Write report.md and the plots; print the summary table."""
+    from system.report import write_report
+
+    table = write_report(dirs.root)
+    if table:
+        print(table)
+    print(f"report: {dirs.root / 'report.md'}", flush=True)
 
 
 def run_stage(
@@ -112,6 +123,9 @@ def _step_loop(
 ) -> StageResult:
     step = topology.resume()
     topology.begin(step)
+    evals = StageEvals(cfg, stage, topology, metrics_log, dirs)
+    if not evals.done_any():
+        evals.run(step)  # the previous stage's weights: the baseline RL is measured against
     last_checkpoint = step
     metrics: dict[str, float] = {}
     while step < stage.total_steps and not stop.requested:
@@ -121,8 +135,14 @@ def _step_loop(
         if step % cfg.checkpoint.every_steps == 0:
             topology.checkpoint()
             last_checkpoint = step
+        if evals.periodic(step) and step < stage.total_steps:
+            evals.run(step)
     if step > last_checkpoint or ckpt.latest(dirs.checkpoints(stage.name)) is None:
         topology.checkpoint()
+    if not stop.requested and evals.enabled:
+        if step % cfg.weight_sync.every_steps:
+            topology.push_weights(step)  # the engines evaluate the final weights
+        evals.run(step)
     accounting = topology.finish()
     if accounting is not None:
         (dirs.stage(stage.name) / "accounting.json").write_text(json.dumps(accounting, indent=1))
@@ -134,6 +154,60 @@ def _step_loop(
             json.dumps({"step": step, "export": str(export), "finished_at": time.time()})
         )
     return result
+
+
+class StageEvals:
+    """Held-out evaluations of a GRPO stage on its rollout engines (`Topology.evaluate`): each
+    saved as <stage>/eval/step_NNNNNN.json, its figures logged as `eval/<mode>/<name>`, and a
+    line printed. SFT stages have no engines: their weights are evaluated at the start of the
+    GRPO stage that follows."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        stage: StageConfig,
+        topology: Any,
+        metrics_log: MetricsLogger,
+        dirs: RunDirs,
+    ) -> None:
+        self.cfg, self.stage, self.topology, self.metrics_log = cfg, stage, topology, metrics_log
+        self.dir = dirs.stage(stage.name) / "eval"
+        self.enabled = stage.algorithm == "grpo" and cfg.eval.enabled and bool(cfg.data.eval)
+
+    def done_any(self) -> bool:
+        return not self.enabled or any(self.dir.glob("step_*.json"))
+
+    def periodic(self, step: int) -> bool:
+        every = self.cfg.eval.every_steps
+        return self.enabled and every > 0 and step % every == 0
+
+    def run(self, step: int) -> None:
+        if not self.enabled:
+            return
+        started = time.monotonic()
+        report = self.topology.evaluate()
+        if report is None:
+            return
+        report.update(step=step, stage=self.stage.name, eval_s=time.monotonic() - started)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"step_{step:06d}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=1, sort_keys=True))
+        tmp.replace(path)
+        flat = {
+            f"eval/{mode}/{key}": float(value)
+            for mode, figures in report["modes"].items()
+            for key, value in figures.items()
+            if isinstance(value, int | float)
+        }
+        self.metrics_log.record(step, flat, stage=self.stage.name)
+        figures = "; ".join(
+            f"{mode} reward {m['reward']:.3f}±{m['reward_se']:.3f} acc {m['accuracy']:.3f} "
+            f"think {m['think_ratio']:.2f}"
+            for mode, m in report["modes"].items()
+        )
+        n, seconds = len(report["rows"]), report["eval_s"]
+        print(f"[{self.stage.name}] eval at step {step} ({n} prompts, {seconds:.0f}s): {figures}")
 
 
 def _export_dir(dirs: RunDirs, stage: StageConfig) -> Path:

@@ -52,7 +52,17 @@ class MetricsLogger:
         now = self._clock()
         if self._first_step is None:
             self._first_step = step
-        row = {"step": step, "time": round(now - self._start, 3), "stage": stage, **metrics}
+        self.record(step, metrics, stage)
+        if now - self._last_console >= self.config.console_every_s or step >= self.total_steps:
+            self._last_console = now
+            done = step - self._first_step
+            line = format_progress(step, self.total_steps, now - self._start, done, metrics)
+            print(f"[{stage}] {line}" if stage else line, file=self._stream, flush=True)
+
+    def record(self, step: int, metrics: dict[str, float], stage: str | None = None) -> None:
+        """Write `metrics` at `step` to the JSONL file and TensorBoard (no console line)."""
+        row = {"step": step, "time": round(self._clock() - self._start, 3), "stage": stage}
+        row.update(metrics)
         if self._jsonl is not None:
             self._jsonl.write(json.dumps(row, default=float) + "\n")
             self._jsonl.flush()
@@ -61,11 +71,6 @@ class MetricsLogger:
             for key, value in metrics.items():
                 if isinstance(value, int | float) and math.isfinite(value):
                     self._tb.add_scalar(prefix + key, value, step)
-        if now - self._last_console >= self.config.console_every_s or step >= self.total_steps:
-            self._last_console = now
-            done = step - self._first_step
-            line = format_progress(step, self.total_steps, now - self._start, done, metrics)
-            print(f"[{stage}] {line}" if stage else line, file=self._stream, flush=True)
 
     def close(self) -> None:
         if self._jsonl is not None:

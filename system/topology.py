@@ -190,6 +190,45 @@ class Topology:
         metrics.update(self.rollout_metrics())
         return metrics
 
+    def push_weights(self, step: int) -> None:
+        """Export the learner's weights to the engines now (outside the every_steps rhythm)."""
+        import ray
+
+        from actors.rollout import publish_weights_version
+
+        ray.get([w.export.remote() for w in self.learners])
+        publish_weights_version(self.redis, self.config.queue.stream_prefix, self.config.name, step)
+
+    def evaluate(self) -> dict[str, Any] | None:
+        """Held-out evaluation (`eval.max_prompts` of `data.eval`) on the engines' current
+        weights, the records split across the rollout actors; graded rows and per-mode
+        figures (system.evaluation). None when the stage has no engines or no eval data."""
+        import ray
+
+        from actors.gating import default_tau
+        from system.data import load_split
+        from system.evaluation import summarize
+
+        cfg = self.config
+        if not self.actors or not cfg.data.eval:
+            return None
+        records = [r for ds in load_split(cfg.data, "eval") for r in ds.records]
+        records = records[: cfg.eval.max_prompts]
+        tau = default_tau(cfg.model.family, cfg.eval.tau)
+        e, n = cfg.eval, len(self.actors)
+        parts = ray.get([
+            a.evaluate.remote(records[i::n], e.modes, tau, e.first_max_tokens, e.think_max_tokens)
+            for i, a in enumerate(self.actors)
+        ])  # fmt: skip
+        rows = [row for part in parts for row in part["rows"]]
+        return {
+            "tau": tau,
+            "weight_version": min(p["weight_version"] for p in parts),
+            "skipped_videos": sum(p["skipped_videos"] for p in parts),
+            "modes": summarize(rows, e.modes),
+            "rows": rows,
+        }
+
     def checkpoint(self) -> None:
         import ray
 

@@ -15,4 +15,5 @@ COMMANDS = [
     "bench",
     "infer",
     "eval",
+    "report",
 ]
