@@ -48,10 +48,17 @@ DIRECTION_OPTIONS = ["A. left", "B. right", "C. up", "D. down"]
 START_SIDE = {"left": "right", "right": "left", "up": "bottom", "down": "top"}
 TASKS = ("direction", "appear", "count", "phases")
 SPLITS = {"train": 0, "eval": 1, "text": 2}
+VERSION = 2
+"""Bumped whenever generated records change; a manifest of another version is regenerated."""
 MANIFEST = "manifest.json"
 
 
 # --------------------------------------------------------------------------- drawing
+
+
+def phase_answer(phases: list[dict[str, Any]]) -> str:
+    """Phases as the sub-action answer format asks: `name [start, end]`, in order."""
+    return ", ".join(f"{p['name']} [{p['start']:.1f}, {p['end']:.1f}]" for p in phases)
 
 
 def _plural(n: int, word: str) -> str:
@@ -162,7 +169,7 @@ def _task_phases(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
     return frames, {
         "problem_type": "subaction",
         "question": "The square moves in several phases. Name the direction of each move, in order.",
-        "answer": ", ".join(name for name, _ in moves),
+        "answer": phase_answer(phases),
         "phases": phases,
         "meta": {"reasoning": "It moves " + ", then ".join(name for name, _ in moves) + "."},
     }
@@ -249,7 +256,7 @@ def _text_phases(rng: np.random.Generator) -> dict[str, Any]:
         "problem_type": "subaction",
         "question": f"Every 2 s the square's position is: {'; '.join(points)} {AXIS_NOTE} "
         "The square moves in several phases. Name the direction of each move, in order.",
-        "answer": ", ".join(names),
+        "answer": phase_answer(phases),
         "phases": phases,
         "meta": {"reasoning": "It moves " + ", then ".join(names) + "."},
     }
@@ -349,8 +356,8 @@ def generate(
         _write_jsonl(out / f"{split}.jsonl", records)
         tasks[split] = {t: sum(r["source"] == f"synthetic/{t}" for r in records) for t in TASKS}
     _write_jsonl(out / "text.jsonl", [make_text_record(i, seed) for i in range(n_text)])
-    manifest = {"seed": seed, "n_train": n_train, "n_eval": n_eval, "n_text": n_text,
-                "tasks": tasks}  # fmt: skip
+    manifest = {"version": VERSION, "seed": seed, "n_train": n_train, "n_eval": n_eval,
+                "n_text": n_text, "tasks": tasks}  # fmt: skip
     _write_atomic(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
@@ -360,8 +367,8 @@ def ensure_synthetic(spec: SyntheticSpec) -> Path:
     and sizes is already there; returns the directory."""
     out = Path(spec.out)
     manifest = out / MANIFEST
-    want = {"seed": spec.seed, "n_train": spec.n_train, "n_eval": spec.n_eval,
-            "n_text": spec.n_text}  # fmt: skip
+    want = {"version": VERSION, "seed": spec.seed, "n_train": spec.n_train,
+            "n_eval": spec.n_eval, "n_text": spec.n_text}  # fmt: skip
     if manifest.is_file():
         have = json.loads(manifest.read_text())
         if all(have.get(k) == v for k, v in want.items()):

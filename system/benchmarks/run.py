@@ -36,11 +36,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"learner.groups_per_step={GROUPS_PER_STEP}",
         "logging.tensorboard=false",
         "checkpoint.every_steps=1000",
+        "eval.enabled=false",
     ]
     figures: dict[str, Any] = {"steps": steps}
     for mode, overrides in MODES.items():
         run_dir = train(str(CONFIG), [*common, *overrides])
-        first, *rows = read_metrics(run_dir / "stages" / "rl" / "metrics.jsonl")
+        rows = read_metrics(run_dir / "stages" / "rl" / "metrics.jsonl")
+        first, *rows = [r for r in rows if "loss" in r]  # training steps only
         wall = rows[-1]["time"] - first["time"]
         figures[mode] = {
             "groups_per_s": len(rows) * GROUPS_PER_STEP / wall,

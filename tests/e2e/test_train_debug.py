@@ -29,6 +29,7 @@ SHORT = [
     "rollout.filter_equal_rewards=false",
     "data.synthetic.n_train=24",
     "data.synthetic.n_eval=8",
+    "data.synthetic.n_text=16",
     "rollout.sampling.max_new_tokens=24",
     "checkpoint.every_steps=2",
     "logging.console_every_s=1",
@@ -82,7 +83,7 @@ def test_debug_cpu_trains_every_component(tmp_path):
     )
     _applied_once(run, "rl", 3)
 
-    rows = read_metrics(rl / "metrics.jsonl")
+    rows = [r for r in read_metrics(rl / "metrics.jsonl") if "loss" in r]  # training steps
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
     versions = [r["rollout/weight_version"] for r in rows]
     assert versions == sorted(versions) and versions[-1] >= 2  # actors got new weights
@@ -90,6 +91,13 @@ def test_debug_cpu_trains_every_component(tmp_path):
     assert len(read_metrics(sft / "metrics.jsonl")) == 2
     assert list((rl / "tensorboard").glob("events.out.tfevents.*"))
     assert (latest(rl / "checkpoints") / "hf" / "config.json").is_file()
+    # Held-out evaluation before the first GRPO step and after the last, and the report.
+    evals = sorted(p.name for p in (rl / "eval").iterdir())
+    assert evals == ["step_000000.json", "step_000003.json"]
+    after = json.loads((rl / "eval" / "step_000003.json").read_text())
+    assert after["modes"]["always_think"]["n"] == 8 and after["weight_version"] == 3
+    assert (run / "report.md").is_file() and (run / "plots" / "rl_reward.png").is_file()
+    assert "reward before" in proc.stdout  # the summary table
 
 
 def test_sigterm_then_resume_loses_nothing_and_applies_nothing_twice(tmp_path):
@@ -125,7 +133,8 @@ def test_sigterm_then_resume_loses_nothing_and_applies_nothing_twice(tmp_path):
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"resumed at step {stopped_at}" in resumed.stdout
     _applied_once(run, "rl", 6)
-    steps = [int(r["step"]) for r in read_metrics(run / "stages" / "rl" / "metrics.jsonl")]
+    rows = read_metrics(run / "stages" / "rl" / "metrics.jsonl")
+    steps = [int(r["step"]) for r in rows if "loss" in r]
     assert steps[-1] == 6 and sorted(set(steps)) == list(range(1, 7))
     accounting = json.loads((run / "stages" / "rl" / "accounting.json").read_text())
     assert accounting["closed"] and accounting["applied"] == 6 * GROUPS_PER_STEP

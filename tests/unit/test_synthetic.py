@@ -18,6 +18,7 @@ from system.synthetic import (
     DIRECTIONS,
     FPS,
     RENDERERS,
+    VERSION,
     ensure_synthetic,
     generate,
     make_text_record,
@@ -108,7 +109,11 @@ def test_phases_match_motion(seed):
         dx, dy = _centre(frames[last]) - _centre(frames[first])
         names.append(("right" if dx > 0 else "left") if abs(dx) > abs(dy) else
                      ("down" if dy > 0 else "up"))  # fmt: skip
-    assert fields["answer"] == ", ".join(names)
+    assert [p["name"] for p in fields["phases"]] == names
+    assert fields["answer"] == ", ".join(
+        f"{n} [{p['start']:.1f}, {p['end']:.1f}]"
+        for n, p in zip(names, fields["phases"], strict=True)
+    )
     assert fields["phases"][-1]["end"] == len(frames) / FPS
 
 
@@ -117,11 +122,16 @@ def test_ensure_synthetic_reuses_and_regenerates(tmp_path):
     out = ensure_synthetic(spec)
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["n_train"], manifest["n_eval"], manifest["seed"]) == (4, 2, 1)
+    assert manifest["version"] == VERSION
     stamp = (out / "train.jsonl").stat().st_mtime_ns
     ensure_synthetic(spec)
     assert (out / "train.jsonl").stat().st_mtime_ns == stamp  # reused
     ensure_synthetic(spec.model_copy(update={"n_train": 8}))
     assert len((out / "train.jsonl").read_text().splitlines()) == 8  # sizes changed: redone
+    stamp = (out / "train.jsonl").stat().st_mtime_ns
+    (out / "manifest.json").write_text(json.dumps({**manifest, "n_train": 8, "version": 1}))
+    ensure_synthetic(spec.model_copy(update={"n_train": 8}))
+    assert (out / "train.jsonl").stat().st_mtime_ns != stamp  # older generator: redone
 
 
 def test_text_questions_are_valid_records_whose_answers_follow_from_the_text(tmp_path):
@@ -161,7 +171,8 @@ def test_text_questions_are_valid_records_whose_answers_follow_from_the_text(tmp
             xy = list(zip(numbers[1::2], numbers[2::2], strict=False))  # "Every 2 s" comes first
             moves = [("right" if b[0] > a[0] else "left") if b[0] != a[0] else
                      ("down" if b[1] > a[1] else "up") for a, b in itertools.pairwise(xy)]  # fmt: skip
-            assert r.answer == ", ".join(moves)
+            assert [p.name for p in r.phases] == moves
+            assert r.answer == ", ".join(f"{p.name} [{p.start:.1f}, {p.end:.1f}]" for p in r.phases)
     assert make_text_record(3, 2) == json.loads(lines[3])  # deterministic per index
 
 
@@ -175,7 +186,7 @@ def test_video_records_carry_a_reasoning_trace_with_the_answer(synthetic_dataset
         elif record.problem_type == "numerical":
             assert f": {record.answer} change" in trace
         elif record.problem_type == "subaction":
-            assert trace == "It moves " + record.answer.replace(", ", ", then ") + "."
+            assert trace == "It moves " + ", then ".join(p.name for p in record.phases) + "."
         else:
             start, end = record.spans[0]
             assert f"at {int(start)} s" in trace and f"at {int(end)} s" in trace
