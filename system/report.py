@@ -113,9 +113,9 @@ def gating_note(comparison: dict[str, Any]) -> str:
         f"box's tokens) reached tau. Its reward {g['reward']:.3f} sits against direct "
         f"{d['reward']:.3f} and always-think {t['reward']:.3f}, at a mean response length of "
         f"{g['mean_response_length']:.1f} tokens (direct {d['mean_response_length']:.1f}, "
-        f"always-think {t['mean_response_length']:.1f}): thinking is spent where the first "
-        "answer is unsure. Per task, the think ratio shows which questions the policy is sure "
-        "of without reasoning."
+        f"always-think {t['mean_response_length']:.1f}). Per task it thought on "
+        + ", ".join(f"{task} {m['think_ratio']:.0%}" for task, m in g["tasks"].items())
+        + ": thinking is spent on the questions whose first answer the policy is unsure of."
     )
 
 
@@ -172,6 +172,17 @@ def markdown(run_dir: Path, stages: list[StageData], plots: list[str]) -> str:
 # --------------------------------------------------------------------------- plots
 
 
+def rolling_mean(values: list[float], window: int) -> list[float]:
+    """Mean of each value and the up to `window - 1` before it."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def plot_all(stages: list[StageData], out: Path) -> list[str]:
     """Write the PNG plots under `out`; returns their file names."""
     import matplotlib
@@ -206,9 +217,12 @@ def plot_all(stages: list[StageData], out: Path) -> list[str]:
 
 def _plot_rl_stage(s: StageData, save: Any, plt: Any) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(*s.series("reward_mean"), label="total", linewidth=2)
+    steps, totals = s.series("reward_mean")
+    ax.plot(steps, totals, label="total", color="0.75")
+    ax.plot(steps, rolling_mean(totals, 10), label="total, mean of 10 steps", linewidth=2)
     for key in sorted({k for r in s.rows for k in r if k.startswith("reward/")}):
-        ax.plot(*s.series(key), label=key.removeprefix("reward/"), alpha=0.8)
+        ax.plot(s.series(key)[0], rolling_mean(s.series(key)[1], 10),
+                label=key.removeprefix("reward/"), alpha=0.8)  # fmt: skip
     ax.set(xlabel="step", ylabel="mean reward of trained groups", title=f"{s.name}: reward")
     ax.legend(fontsize=8)
     save(fig, f"{s.name}_reward.png")

@@ -65,6 +65,7 @@ def test_report_compares_first_and_last_evaluation_of_the_rl_stage(tmp_path):
     text = (run / "report.md").read_text()
     assert "| sft | sft | 3 | 1.000 |" in text and "| rl | grpo | 4 |" in text
     assert "thought on 50% of the questions" in text  # gated on the RL checkpoint
+    assert "count 100%, direction 0%" in text
     assert "### Per task, gated" in text and "published 20, applied 16" in text
     plots = sorted(p.name for p in (run / "plots").iterdir())
     assert plots == ["accuracy_per_task.png", "rl_eval.png", "rl_reward.png", "rl_system.png",
@@ -80,3 +81,10 @@ def test_report_without_evaluations_has_no_comparison(tmp_path):
         path.unlink()
     assert write_report(run) is None
     assert "after SFT vs after RL" not in (run / "report.md").read_text()
+
+
+def test_rolling_mean():
+    from system.report import rolling_mean
+
+    assert rolling_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert rolling_mean([], 3) == []
