@@ -1,6 +1,6 @@
 """configs/single_gpu.yaml end to end on one GPU with the tiny model: learner and vLLM share
 the device (colocated), the engine sleeps through each learner step and wakes for the weight
-push (NCCL), and the accounting closes. Needs CUDA; skipped elsewhere."""
+push (gloo: NCCL refuses two ranks on one device), and the accounting closes. Needs CUDA; skipped elsewhere."""
 
 from __future__ import annotations
 
@@ -35,4 +35,4 @@ def test_single_gpu_colocated_run(tmp_path):
     assert accounting["closed"] and accounting["applied"] == 3 * 4, accounting
     rows = [json.loads(line) for line in (rl / "metrics.jsonl").read_text().splitlines()]
     versions = [r["rollout/weight_version"] for r in rows if "loss" in r]
-    assert versions[-1] >= 2  # the engine woke up and took the NCCL weight pushes
+    assert versions[-1] >= 2  # the engine woke up and took the weight pushes
