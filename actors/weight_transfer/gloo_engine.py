@@ -7,7 +7,8 @@ A version is the packed buckets of `system.weight_sync` broadcast from rank 0, a
 the engine by `update_weights` calls (one or more buckets each: the sender announces a whole
 version at once when it knows its layout). Every bucket is received into staging first (into
 the previous update's buffers, so a steady run allocates nothing); the model is loaded from
-the staging only in `finish_weight_update`, and a failed bucket drops the whole staging. Each broadcast is bounded by the group timeout and the
+the staging only in `finish_weight_update` (by `reload.ModelReloader`), and a failed bucket
+drops the whole staging. Each broadcast is bounded by the group timeout and the
 whole update by `timeout_s`: when the sender dies or stalls, `update_weights` raises a
 `WeightTransferError` naming the bucket, staging is dropped, and the model keeps serving the
 previous weights, untouched. A later `init_weight_transfer_engine` (a restarted trainer)
@@ -30,6 +31,7 @@ from vllm.distributed.weight_transfer.base import (
     WeightTransferUpdateInfo,
 )
 
+from actors.weight_transfer.reload import ModelReloader
 from system.weight_sync import Bucket, BucketEntry, unpack_bucket
 
 log = logging.getLogger("reelrl.weight_transfer")
@@ -138,6 +140,7 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         """Receive buffers, one per bucket position of an update, reused while sizes match
         (the staged tensors are views into them until the update is loaded)."""
         self._buckets_staged = 0
+        self._reloader: ModelReloader | None = None
 
     def init_transfer_engine(self, init_info: GlooInitInfo) -> None:
         self.shutdown()
@@ -205,20 +208,13 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
 
     def finish_weight_update(self) -> None:
         staged, self._staged = self._staged, None
-        self._buckets_staged = 0
+        used, self._buckets_staged = self._buffers[: self._buckets_staged], 0
         if not staged:
             log.warning("finish_weight_update without a received update: weights unchanged")
             return
-        from vllm.model_executor.model_loader.reload import (
-            finalize_layerwise_reload,
-            initialize_layerwise_reload,
-        )
-
-        # Checkpoint-format weights go through vLLM's layerwise reload, as its NCCL engine
-        # does: loaders were replaced when the model was processed after its first load.
-        initialize_layerwise_reload(self.model)
-        self.model.load_weights(iter(staged))
-        finalize_layerwise_reload(self.model, self.model_config)
+        if self._reloader is None:
+            self._reloader = ModelReloader(self.model, self.model_config)
+        self._reloader.load(staged, used)
 
     def shutdown(self) -> None:
         self.group = None

@@ -128,9 +128,10 @@ def push_weights(
     version: int,
     bucket_bytes: int,
     packer: BucketPacker | None = None,
-) -> float:
+) -> dict[str, float]:
     """One version through any `WeightSender`: start with the layout, packed buckets,
-    finish. Returns the wall time in seconds."""
+    finish. Returns the wall times in seconds: `sent_s` once the last bucket is sent,
+    `total_s` once the engines serve the version."""
     started = time.perf_counter()
     packer = packer or BucketPacker()
     packer.start()
@@ -138,8 +139,9 @@ def push_weights(
     sender.start(version, layout)
     for chunk in plan_buckets(named, bucket_bytes):
         sender.send_bucket(packer.pack(chunk))
+    sent = time.perf_counter() - started
     sender.finish(version)
-    return time.perf_counter() - started
+    return {"sent_s": sent, "total_s": time.perf_counter() - started}
 
 
 def named_parameters(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
