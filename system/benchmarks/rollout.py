@@ -4,9 +4,12 @@ Throughput: the same batches of video prompts (synthetic clips, tiny Qwen2.5-VL 
 G samples each) through `RolloutActor.step` - decode, render, generate, score, publish to an
 embedded Redis - against the same prepared requests sent straight to the same vLLM engine;
 groups/s and tokens/s of each and the ratio (target >= 0.95). Weight update: one version
-pushed through `GlooRolloutSender` (start, packed buckets, finish with the model load) against
-a bare gloo broadcast of the same bytes to a receiver process (target <= 1.2x). The model
-size is printed with the figures.
+pushed through `GlooRolloutSender` into the engine (start, the whole version announced, packed
+buckets broadcast, finish with the model load) against a bare gloo broadcast of the same
+packed bytes, from the same process, to a receiver process (target <= 1.2x). The two
+alternate round by round after a warm-up, so both see the same load on a shared host; the
+figures are medians with their spread, the whole update and the part until its bytes are
+sent. `--size` picks the model (tiny, small); its size is printed with the figures.
 """
 
 from __future__ import annotations
