@@ -1,11 +1,14 @@
 """Weight sync, trainer side: the `WeightSender` interface the learner exports through, and
 the pure bucket packing that both ends of the transfer share.
 
-A weight version goes out as `start(version)`, then packed buckets, then `finish(version)`.
-A bucket is one flat uint8 tensor holding several parameters back to back (each at a 16-byte
-aligned offset so the receiver can view it in place) plus a manifest of names, shapes, dtypes
-and offsets; `pack_bucket` / `unpack_bucket` convert between the two and `plan_buckets`
-groups parameters into buckets of about `bucket_bytes`. Transports (gloo on CPU, NCCL on GPU
+A weight version goes out as `start(version, layout)`, then packed buckets, then
+`finish(version)`. A bucket is one flat uint8 tensor holding several parameters back to back
+(each at a 16-byte aligned offset so the receiver can view it in place) plus a manifest of
+names, shapes, dtypes and offsets; `pack_bucket` / `unpack_bucket` convert between the two,
+`plan_buckets` groups parameters into buckets of about `bucket_bytes`, and `plan_layout`
+gives the same buckets' entries from shapes alone, before any tensor exists (so a transport
+can announce a whole version up front). `BucketPacker` reuses its buffers across versions.
+Transports (gloo on CPU, NCCL on GPU
 through vLLM's weight-transfer engine) implement `WeightSender`; the learner never branches on
 which one it has.
 """
