@@ -7,8 +7,9 @@ synchronous); `RayEngineClient` is one over a `RolloutActor` handle, `LoopEngine
 over an in-process engine. `EngineFanout` calls all clients together, each wait bounded by
 the timeout. `BucketStream` is the `start` / `send_bucket` / `finish` choreography a sender
 delegates to: given the version's layout it announces every bucket to the engines in one
-`update_weights` (in the background, right after `start_weight_update`) and then only
-broadcasts the bytes, checking each bucket against the layout; without a layout it announces
+`update_weights` (in the background, between `start_weight_update` and
+`finish_weight_update`) and then only broadcasts the bytes, checking each bucket against the
+layout; without a layout it announces
 each bucket while it broadcasts it. The transport supplies the wire format of an
 announcement and the broadcast itself.
 """
@@ -162,7 +163,7 @@ class BucketStream:
             self.engines.call(lambda c: c.start_weight_update(), f"starting v{version}")
             return
         info = self.announce(layout, version)
-        self._announced = self.engines.submit(lambda c: _start_and_update(c, info))
+        self._announced = self.engines.submit(lambda c: _whole_version(c, info, version))
 
     def send_bucket(self, bucket: Bucket) -> None:
         index, self._sent = self._sent, self._sent + 1
@@ -187,8 +188,9 @@ class BucketStream:
                 raise WeightSyncError(
                     f"v{version}: {self._sent} buckets sent, {len(self._layout)} announced"
                 )
-            self.engines.wait(self._announced, f"receiving v{version}")
-            self._announced = None
+            announced, self._announced = self._announced, None
+            self.engines.wait(announced, f"receiving and loading v{version}")
+            return
         self.engines.call(lambda c: c.finish_weight_update(str(version)), f"finishing v{version}")
 
     def _send(self, bucket: Bucket, pending: list[Future]) -> None:
@@ -200,6 +202,10 @@ class BucketStream:
         self.broadcast(bucket)
 
 
-def _start_and_update(client: WeightSyncClient, info: dict[str, Any]) -> None:
+def _whole_version(client: WeightSyncClient, info: dict[str, Any], version: int) -> None:
+    """An announced version, on one engine: its update returns once every announced bucket
+    has arrived whole, so it finishes (loads) right away, one round trip sooner than when
+    the sender's `finish` asks; a failed update never reaches the finish."""
     client.start_weight_update()
     client.update_weights(info)
+    client.finish_weight_update(str(version))

@@ -3,9 +3,9 @@ engine on CPU (the engines' clients and the announce / send order are in `contro
 
 `GlooRolloutSender` implements the learner's `system.weight_sync.WeightSender` over gloo: it
 hosts the group's store as rank 0; given the version's layout it announces every bucket to
-the engines in one `update_weights` (right after `start_weight_update`, in the background)
-and then only broadcasts the bytes, bucket after bucket; without a layout it announces each
-bucket while it broadcasts it. `finish` maps to vLLM's finish with the version. A failure
+the engines in one `update_weights` (in the background, between vLLM's start and finish) and
+then only broadcasts the bytes, bucket after bucket; without a layout it announces each
+bucket while it broadcasts it, and `finish` calls vLLM's finish with the version. A failure
 raises `WeightSyncError` and the engines keep (or fall back to) their previous weights.
 `push_weights` is the whole round trip for callers that hold named tensors.
 """

@@ -102,7 +102,7 @@ def test_stream_with_layout_announces_the_version_once():
     buckets = [pack_bucket(chunk) for chunk in plan_buckets(named, 160)]
     for bucket in buckets:
         stream.send_bucket(bucket)
-    stream.finish(7)
+    stream.finish(7)  # waits for the engines' finish, already on its way
     assert sent == buckets
     for client in clients:
         assert [c for c, _ in client.calls] == ["start", "update", "finish"]
