@@ -122,8 +122,10 @@ def test_not_fallback():
     ],
 )
 def test_100kb_adversarial_text_is_fast(text):
+    # Linear scanning takes milliseconds here; quadratic backtracking over 100 KB takes minutes.
+    # The bound is loose so a loaded machine cannot fail it, tight enough to catch the latter.
     start = time.perf_counter()
     find_boxes(text)
     extract_two_answers(text)
     extract_tagged_answer(text)
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 10.0
