@@ -217,6 +217,8 @@ class VLLMEngine:
     async def init_weight_transfer(self, init_info: dict[str, Any]) -> None:
         from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
 
+        # A new group (a restarted sender) abandons any update the old one left open.
+        await self._end_update()
         await self.llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info=init_info))
 
     async def start_weight_update(self) -> None:

@@ -40,6 +40,7 @@ from actors.rewards.extract import THINK_OPEN
 from system.config import RunConfig
 from system.data import DataError, Record, resolve_video
 from system.protocol import RolloutGroup, RolloutSample
+from system.redis_server import retrying
 from system.video import DecodedVideo, VideoError, decode_video
 
 log = logging.getLogger("reelrl.rollout")
@@ -95,6 +96,9 @@ class RolloutStats:
     filtered: int = 0
     skipped_videos: int = 0
     batches: int = 0
+    generating: int = 0
+    weight_update_failures: int = 0
+    last_weight_update_failure: float = 0.0
 
     def as_dict(self, weight_version: int) -> dict[str, float]:
         n = max(self.completions, 1)
@@ -109,6 +113,9 @@ class RolloutStats:
             "groups_filtered": self.filtered,
             "skipped_videos": self.skipped_videos,
             "batches": self.batches,
+            "generating": self.generating,
+            "weight_update_failures": self.weight_update_failures,
+            "last_weight_update_failure": self.last_weight_update_failure,
             "weight_version": weight_version,
         }
 
@@ -165,10 +172,11 @@ class RolloutActor:
 
         cfg = self.config
         self.processor = AutoProcessor.from_pretrained(cfg.model.path)
-        self.redis = connect(cfg.queue)
+        self.redis = retrying("connect", lambda: connect(cfg.queue), cfg.queue.reconnect_max_s)
         self.queue = RolloutQueue(self.redis, cfg.name, cfg.queue)
         self.engine = engine or VLLMEngine.create(cfg, seed_offset=self.index)
-        pushed = self.redis.get(weights_version_key(cfg.queue.stream_prefix, cfg.name))
+        key = weights_version_key(cfg.queue.stream_prefix, cfg.name)
+        pushed = self._redis("weights version", lambda: self.redis.get(key))
         self._required_version = int(pushed or 0)
         self._batch = self.learner_version()
         return self._required_version
@@ -180,7 +188,10 @@ class RolloutActor:
         if self._learner_version is not None:
             return self._learner_version
         key = learner_version_key(self.config.queue.stream_prefix, self.config.name)
-        return int(self.redis.get(key) or 0)
+        return int(self._redis("learner version", lambda: self.redis.get(key)) or 0)
+
+    def _redis(self, what: str, fn: Any) -> Any:
+        return retrying(what, fn, self.config.queue.reconnect_max_s)
 
     def set_learner_version(self, version: int | None) -> None:
         """Driver wiring: push the learner's version instead of reading it from Redis (None:
@@ -222,7 +233,11 @@ class RolloutActor:
             return 0
         version = self.engine.weight_version
         created = time.time()
-        groups = await self._generate_and_score(prompts, version, created)
+        self.stats_.generating += 1
+        try:
+            groups = await self._generate_and_score(prompts, version, created)
+        finally:
+            self.stats_.generating -= 1
         for group in groups:
             await asyncio.to_thread(self.queue.produce, group)
         self.stats_.published += len(groups)
@@ -386,7 +401,9 @@ class RolloutActor:
     def stats(self) -> dict[str, float]:
         """tokens/s, groups/s, reward mean, response length, think ratio, filter rate, ..."""
         version = self.engine.weight_version if self.engine is not None else 0
-        return self.stats_.as_dict(version)
+        out = self.stats_.as_dict(version)
+        out["queue_retries"] = self.queue.retries if self.queue is not None else 0
+        return out
 
     # ----------------------------------------------------------------------- weight sync
 
@@ -400,7 +417,13 @@ class RolloutActor:
         await self.engine.start_weight_update()
 
     async def update_weights(self, update_info: dict[str, Any]) -> None:
-        await self.engine.update_weights(update_info)
+        try:
+            await self.engine.update_weights(update_info)
+        except Exception:
+            # Counted for the operator (and the chaos report); the engine keeps its weights.
+            self.stats_.weight_update_failures += 1
+            self.stats_.last_weight_update_failure = time.time()
+            raise
 
     async def finish_weight_update(self, weight_version: str | None = None) -> None:
         version = self.engine.weight_version + 1 if weight_version is None else int(weight_version)

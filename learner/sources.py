@@ -3,7 +3,9 @@
 `QueueSource` (GRPO) consumes rollout groups from the run's Redis stream as this rank's own
 consumer, dead-letters what it cannot train on (stale past the bound, video/prompt mismatch)
 and takes more until it has its share; it remembers the stream ids of the steps since the last
-checkpoint and acks them only when told the checkpoint has committed. `RecordSource` (SFT)
+checkpoint and acks them only when told the checkpoint has committed. While it waits it
+watches the queue's interrupt key: when the driver sets it, `next_batch` returns None and keeps
+the groups taken so far for the next call (unacked: a process that dies re-reads them). `RecordSource` (SFT)
 walks the dataset mix deterministically; every rank advances the same cursor and keeps every
 R-th record, so the data position is one small `MixState`.
 """
@@ -50,8 +52,13 @@ class Batch:
 class BatchSource(Protocol):
     """Supplies a rank's share of each step and what the checkpoint must record."""
 
-    def next_batch(self, n: int) -> Batch:
-        """`n` groups (or examples) worth of sequences for this rank."""
+    def next_batch(self, n: int) -> Batch | None:
+        """`n` groups (or examples) worth of sequences for this rank; None when the driver
+        interrupted the wait."""
+        ...
+
+    def give_back(self, batch: Batch) -> None:
+        """The step that took `batch` was abandoned on another rank: return it next time."""
         ...
 
     def state(self) -> dict[str, Any]:
@@ -86,27 +93,20 @@ class QueueSource:
         self.version = 0
         """The learner's current weight version (set by the worker)."""
         self.uncommitted: list[str] = []
+        self._partial = Batch(sequences=[])
+        self._partial_ids: list[str] = []
+        self._returned: list[str] = []
         self.dead_lettered = 0
         self.stale = 0
 
-    def next_batch(self, n: int) -> Batch:
-        batch = Batch(sequences=[])
+    def next_batch(self, n: int) -> Batch | None:
+        batch = self._partial
         while len(batch.group_ids) < n:
+            if self.queue.interrupted():
+                return None  # the groups taken so far stay in _partial for the next call
             for d in self.queue.consume(count=n - len(batch.group_ids), block_ms=self.block_ms):
-                reason = self._reject_reason(d.group)
-                seqs: list[Sequence] = []
-                if reason is None:
-                    adv = group_advantages(
-                        torch.tensor(d.group.rewards, dtype=torch.float32)[None],
-                        self.scale_by_std,
-                    )[0]
-                    try:
-                        seqs = self.collator.group_sequences(d.group, adv)
-                    except GroupRejected as exc:
-                        reason = str(exc)
-                if reason is not None:
-                    self.queue.dead_letter(d.stream_id, reason, d.deliveries)
-                    self.dead_lettered += 1
+                seqs = self._sequences(d)
+                if seqs is None:
                     continue
                 batch.sequences.extend(seqs)
                 batch.group_ids.append(d.group.group_id)
@@ -115,8 +115,31 @@ class QueueSource:
                     {**s.reward_components, "response_length": float(len(s.completion_ids))}
                     for s in d.group.samples
                 )
-                self.uncommitted.append(d.stream_id)
+                self._partial_ids.append(d.stream_id)
+        self.uncommitted += self._partial_ids
+        self._returned = self._partial_ids
+        self._partial, self._partial_ids = Batch(sequences=[]), []
         return batch
+
+    def give_back(self, batch: Batch) -> None:
+        n = len(self._returned)
+        self.uncommitted = self.uncommitted[: len(self.uncommitted) - n]
+        self._partial, self._partial_ids, self._returned = batch, self._returned, []
+
+    def _sequences(self, d: Any) -> list[Sequence] | None:
+        """The group's training sequences, or None after dead-lettering it."""
+        reason = self._reject_reason(d.group)
+        if reason is None:
+            adv = group_advantages(
+                torch.tensor(d.group.rewards, dtype=torch.float32)[None], self.scale_by_std
+            )[0]
+            try:
+                return self.collator.group_sequences(d.group, adv)
+            except GroupRejected as exc:
+                reason = str(exc)
+        self.queue.dead_letter(d.stream_id, reason, d.deliveries)
+        self.dead_lettered += 1
+        return None
 
     def _reject_reason(self, group: Any) -> str | None:
         lag = self.version - group.weight_version
@@ -156,14 +179,21 @@ class RecordSource:
         self.fmt = fmt
         self.rank = rank
         self.world_size = world_size
+        self._carry: Batch | None = None
 
     def next_batch(self, n: int) -> Batch:
+        if self._carry is not None:
+            batch, self._carry = self._carry, None
+            return batch
         records = self.mixer.take(n * self.world_size)[self.rank :: self.world_size]
         seqs = [
             sft_sequence(self.collator, r, sft_target(r, self.fmt), self.video, self.root, self.fmt)
             for r in records
         ]
         return Batch(sequences=seqs, group_ids=[r.id for r in records])
+
+    def give_back(self, batch: Batch) -> None:
+        self._carry = batch
 
     def state(self) -> dict[str, Any]:
         return {"data_position": self.mixer.state.to_dict()}

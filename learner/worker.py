@@ -5,7 +5,10 @@ A step: take this rank's groups (or SFT examples) from its `BatchSource`, collat
 micro-batches, agree with the other ranks on the micro-batch count (a rank that has fewer
 repeats its last one with weight 0, so the ZeRO-3 gathers stay in step) and on the step-wide
 token / sequence totals, then forward (policy, and reference when the objective wants it),
-loss, backward for each micro-batch, and one optimizer step. A step whose loss or gradient
+loss, backward for each micro-batch, and one optimizer step. A rank whose source returns no
+batch (the driver interrupted the wait for groups: a stop request, a rollout restart) makes
+every rank return `{"interrupted": 1}` without stepping (the flag is all-reduced before the
+first collective of the step). A step whose loss or gradient
 norm is not finite is skipped on every rank (the flag is all-reduced) and counted;
 `max_nonfinite_steps` in a row raise `NonFiniteError`. Checkpoints (every
 `checkpoint.every_steps`) commit DeepSpeed state, an HF export, RNG states and the
@@ -142,6 +145,11 @@ class LearnerWorker:
             self.source.version = self.state.weight_version
         share = self.config.learner.groups_per_step // self.world_size
         batch = self.source.next_batch(share)
+        (interrupted,) = eng.all_reduce([1.0 if batch is None else 0.0], op="max")
+        if batch is None or interrupted:
+            if batch is not None:
+                self.source.give_back(batch)
+            return {"step": float(self.state.step), "interrupted": 1.0}
         self._uncommitted_groups += batch.group_ids
         micro = self.collator.micro_batches(batch.sequences, self.config.learner.micro_batch_size)
         n_micro, tokens, seqs = _agree(micro)
@@ -295,7 +303,11 @@ class LearnerWorker:
                 ckpt.abort(tmp)
             raise CheckpointError(error or f"checkpoint of step {step} failed on another rank")
         new_ids = [g for rank_ids in groups for g in rank_ids]
-        applied = list(dict.fromkeys(self.state.applied_group_ids + new_ids))
+        # Kept as a list, not deduplicated: a group applied twice stays visible in the state.
+        twice = set(self.state.applied_group_ids).intersection(new_ids)
+        if twice or len(set(new_ids)) < len(new_ids):
+            log.error("groups applied twice before step %d: %s", step, sorted(twice)[:5])
+        applied = self.state.applied_group_ids + new_ids
         committed = replace(
             self.state,
             applied_group_ids=applied,
@@ -325,6 +337,25 @@ class LearnerWorker:
         if kind == "error":
             raise CheckpointError(value)
         return value
+
+    def replace_sender(self, sender: WeightSender) -> None:
+        """Rank 0: send later exports through `sender` (a new weight-sync group after the
+        old one broke); the old one is closed."""
+        close = getattr(self.sender, "close", None)
+        if close is not None:
+            close()
+        self.sender = sender
+
+    def touch(self) -> None:
+        """Keep the queue entries this rank holds fresh during a long pause of the driver
+        (so another rank does not claim them as a dead consumer's)."""
+        if isinstance(self.source, QueueSource):
+            self.source.queue.touch()
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
 
     def resume(self) -> bool:
         """Load the latest committed checkpoint if there is one; True when resumed."""

@@ -2,8 +2,9 @@
 
 Generated groups are either filtered by the actor (no learning signal) or published; a
 published group is applied (acked after a committed checkpoint), dead-lettered (stale past the
-staleness bound, unusable, or poison), or still in the stream (undelivered, or delivered and
-not yet acked). `balance` is pure; `read_balance` gathers its inputs from Redis and the actors.
+staleness bound, unusable, or delivered too often), or still in the stream (undelivered, or
+delivered and not yet acked). Poison entries (undecodable, no payload) were never published
+groups: they are dead-lettered and counted apart, outside the balance. `balance` is pure; `read_balance` gathers its inputs from Redis and the actors.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ def balance(
     """The stage's group accounting; `closed` says whether published groups are all accounted
     for (applied + dead-lettered + still in the stream)."""
     kinds = Counter(_kind(reason) for reason in dead_reasons)
-    dead = len(dead_reasons)
-    return {
+    dead = len(dead_reasons) - kinds["poison"]
+    out = {
         "generated": published + filtered,
         "filtered": filtered,
         "published": published,
@@ -35,10 +36,19 @@ def balance(
         "in_stream": in_stream,
         "closed": published == applied + dead + in_stream,
     }
+    if kinds["poison"]:
+        out["poison"] = kinds["poison"]
+    return out
+
+
+# Dead-letter reasons (system.queue) of entries that never held a decodable group.
+POISON_REASONS = ("undecodable", "entry has no")
 
 
 def _kind(reason: str) -> str:
-    return "stale" if reason.startswith("stale") else "other"
+    if reason.startswith("stale"):
+        return "stale"
+    return "poison" if reason.startswith(POISON_REASONS) else "other"
 
 
 def read_balance(

@@ -237,6 +237,9 @@ class LearnerConfig(_Section):
     """GRPO loss settings."""
     max_nonfinite_steps: int = Field(3, ge=1)
     """Consecutive non-finite steps after which the run stops."""
+    max_restarts: int = Field(2, ge=0)
+    """Times the driver restarts the learner group from its last checkpoint when a rank's
+    process dies (0: the run stops; resume it with --resume)."""
     deepspeed_overrides: dict[str, Any] = Field(default_factory=dict)
     """Extra keys merged into the generated DeepSpeed config."""
 
@@ -354,6 +357,16 @@ class RunConfig(_Section):
         default_factory=lambda: [StageConfig(name="rl", algorithm="grpo", total_steps=100)]
     )
     """Stages run in order; each starts from the previous stage's HF export."""
+
+    @model_validator(mode="after")
+    def _groups_split_over_ranks(self) -> RunConfig:
+        learner = self.learner
+        if learner.groups_per_step % learner.num_ranks:
+            raise ValueError(
+                f"learner.groups_per_step={learner.groups_per_step} must be a multiple of "
+                f"learner.num_ranks={learner.num_ranks} (each rank takes an equal share)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _stage_names_unique(self) -> RunConfig:

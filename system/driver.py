@@ -103,7 +103,7 @@ def run_stage(
           f"{stage.total_steps} steps) from {model_path}", flush=True)  # fmt: skip
     from system.topology import Topology
 
-    topology = Topology(cfg, stage, model_path, dirs, backend)
+    topology = Topology(cfg, stage, model_path, dirs, backend, stop=lambda: stop.requested)
     metrics_log = MetricsLogger(dirs.stage(stage.name), cfg.logging, stage.total_steps)
     try:
         topology.start()
@@ -129,8 +129,10 @@ def _step_loop(
     last_checkpoint = step
     metrics: dict[str, float] = {}
     while step < stage.total_steps and not stop.requested:
-        metrics = topology.step()
-        step = int(metrics["step"])
+        stepped = topology.step()
+        if stepped is None:  # a stop request interrupted the wait for rollout groups
+            break
+        metrics, step = stepped, int(stepped["step"])
         metrics_log.log(step, metrics, stage=stage.name)
         if step % cfg.checkpoint.every_steps == 0:
             topology.checkpoint()

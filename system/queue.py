@@ -3,8 +3,9 @@
 Keys (prefix = `queue.stream_prefix`): `<prefix>:<run>:rollouts` (the stream, consumer group
 `learner`, one consumer per learner rank), `<prefix>:<run>:dead` (dead letters with their
 reason), `<prefix>:<run>:applied` (set of applied group ids), `<prefix>:<run>:published`
-(group id -> stream id: makes publishing idempotent, and counts it) and
-`<prefix>:<run>:counters` (skipped and claimed entries).
+(group id -> stream id: makes publishing idempotent, and counts it),
+`<prefix>:<run>:counters` (skipped and claimed entries) and `<prefix>:<run>:interrupt` (set
+while the driver asks the learner ranks to abandon a step that is waiting for groups).
 
 Delivery is at-least-once; the effect is exactly-once by these rules:
 - Publishing is one Lua script (capacity check, XADD, bookkeeping), idempotent by group id, so a
@@ -116,6 +117,7 @@ class QueueKeys:
     applied: str
     published: str
     counters: str
+    interrupt: str
 
     @classmethod
     def of(cls, prefix: str, run: str) -> QueueKeys:
@@ -126,6 +128,7 @@ class QueueKeys:
             applied=f"{base}:applied",
             published=f"{base}:published",
             counters=f"{base}:counters",
+            interrupt=f"{base}:interrupt",
         )
 
 
@@ -179,6 +182,8 @@ class RolloutQueue:
         self.on_wait = on_wait
         self.wait_reason: str | None = None
         self.waited_s = 0.0
+        self.retries = 0
+        """Redis calls retried after a connection error or timeout (backoffs taken)."""
         self._produce = client.register_script(_PRODUCE)
         self._dead = client.register_script(_DEAD_LETTER)
         self._ack = client.register_script(_ACK)
@@ -455,6 +460,10 @@ class RolloutQueue:
         if moved:
             log.warning("dead-lettered %s of %s: %s", stream_id, self.keys.stream, reason)
 
+    def interrupted(self) -> bool:
+        """Whether the driver asks the learner ranks to abandon the step they wait in."""
+        return bool(self._call("interrupt?", lambda: self.client.exists(self.keys.interrupt)))
+
     def touch(self) -> None:
         """Reset the idle time of the entries this consumer holds, so live work is not claimed
         by another rank. Called from consume/ack; call it in long gaps between them too."""
@@ -516,6 +525,7 @@ class RolloutQueue:
                 raise
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("redis unreachable during %s (%s); retrying in %.2fs", what, exc, delay)
+                self.retries += 1
                 self._drain = True
                 time.sleep(delay)
                 delay = min(delay * 2, self.config.reconnect_max_s)

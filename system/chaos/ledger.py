@@ -1,0 +1,109 @@
+"""Where every published group went, derived from real state after (or during) a run.
+
+Sources: the run's `published` hash (group id -> stream id; the stream id's millisecond part
+is when it was published), the dead-letter stream (reason and payload of each letter), the
+entries still in the stream, the Redis `applied` set (acked) and the `applied_group_ids` list
+of the learner's last committed checkpoint (a list, so a group applied twice shows as a
+repeat). A published group is applied, dead-lettered or still in the stream; anything else is
+lost. `window` counts the groups published inside a time window, so each fault's row shows
+what happened to the groups published while it acted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from system.accounting import POISON_REASONS
+from system.checkpoint import CheckpointError, latest, read_state
+from system.config import QueueConfig
+from system.protocol import ProtocolError, decode_group
+from system.queue import QueueKeys
+
+
+@dataclass
+class Ledger:
+    """Group ids by fate, with their publish times (seconds since the epoch)."""
+
+    published: dict[str, float] = field(default_factory=dict)
+    applied: Counter[str] = field(default_factory=Counter)
+    """Group id -> times in the checkpoint's applied list (> 1: applied twice)."""
+    acked: set[str] = field(default_factory=set)
+    dead: dict[str, str] = field(default_factory=dict)
+    """Group id -> dead-letter reason."""
+    in_stream: set[str] = field(default_factory=set)
+    poison: list[tuple[float, str]] = field(default_factory=list)
+    """(time, reason) of dead letters that never held a decodable group."""
+
+    @property
+    def lost(self) -> set[str]:
+        return set(self.published) - set(self.applied) - set(self.dead) - self.in_stream
+
+    @property
+    def applied_twice(self) -> set[str]:
+        return {g for g, n in self.applied.items() if n > 1}
+
+    @property
+    def acked_not_committed(self) -> set[str]:
+        """Acked in Redis but absent from the committed checkpoint: an effect lost."""
+        return self.acked - set(self.applied)
+
+    def window(self, start: float, end: float) -> dict[str, int]:
+        """Counts for the groups published in [start, end)."""
+        ids = {g for g, t in self.published.items() if start <= t < end}
+        return {
+            "published": len(ids),
+            "applied": len(ids & set(self.applied)),
+            "dead_lettered": len(ids & set(self.dead))
+            + sum(1 for t, _ in self.poison if start <= t < end),
+            "in_stream": len(ids & self.in_stream),
+            "lost": len(ids & self.lost),
+            "applied_twice": len(ids & self.applied_twice),
+        }
+
+    def totals(self) -> dict[str, int]:
+        return self.window(0.0, float("inf"))
+
+
+def read_ledger(client: Any, config: QueueConfig, run: str, checkpoints: Path) -> Ledger:
+    """The ledger of `run` from its Redis and its GRPO stage's checkpoint directory."""
+    keys = QueueKeys.of(config.stream_prefix, run)
+    ledger = Ledger()
+    for gid, sid in client.hgetall(keys.published).items():
+        ledger.published[gid.decode()] = _stream_time(sid.decode())
+    ledger.acked = {g.decode() for g in client.smembers(keys.applied)}
+    for sid, fields in client.xrange(keys.dead):
+        reason = fields.get(b"reason", b"").decode("utf-8", "replace")
+        gid = _group_id(fields.get(b"payload", b""), config.max_message_bytes)
+        if gid is None or reason.startswith(POISON_REASONS):
+            ledger.poison.append((_stream_time(sid.decode()), reason))
+        else:
+            ledger.dead[gid] = reason
+    for _sid, fields in client.xrange(keys.stream):
+        gid = _group_id(fields.get(b"g", b""), config.max_message_bytes)
+        if gid is not None:
+            ledger.in_stream.add(gid)
+    ledger.applied = Counter(committed_applied(checkpoints))
+    return ledger
+
+
+def committed_applied(checkpoints: Path) -> list[str]:
+    """`applied_group_ids` of the last committed checkpoint (empty when there is none)."""
+    try:
+        path = latest(checkpoints)
+    except CheckpointError:
+        return []
+    return [] if path is None else list(read_state(path).applied_group_ids)
+
+
+def _group_id(payload: bytes, max_bytes: int) -> str | None:
+    try:
+        return decode_group(payload, max_bytes).group_id
+    except ProtocolError:
+        return None
+
+
+def _stream_time(stream_id: str) -> float:
+    return int(stream_id.partition("-")[0]) / 1000
