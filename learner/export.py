@@ -99,12 +99,16 @@ def export_weights(
             if tensor is not None:
                 yield name, tensor
 
+    sending = deadline is not None and sender is not None
     try:
-        if deadline is not None and sender is not None:
-            layout = plan_layout(metadata(module, keep), bucket_bytes)
-            deadline.call("start", sender.start, version, layout)
+        if sending:
+            try:
+                layout = plan_layout(metadata(module, keep), bucket_bytes)
+                deadline.call("start", sender.start, version, layout)
+            except WeightSyncError as exc:
+                error = str(exc)  # the gathers below still run: they are collective
         for plan in plan_buckets(named(), bucket_bytes) if rank == 0 else _drain(module, keep):
-            if error is not None or sender is None or deadline is None:
+            if error is not None or not sending:
                 continue
             bucket = packer.pack(plan)
             try:
@@ -113,7 +117,7 @@ def export_weights(
                 error = str(exc)
             sent += bucket.packed.numel()
             buckets += 1
-        if error is None and deadline is not None and sender is not None:
+        if error is None and sending:
             deadline.call("finish", sender.finish, version)
     except WeightSyncError as exc:
         error = str(exc)
