@@ -30,7 +30,7 @@ def test_restart_on_same_dir_keeps_data_port_and_password(tmp_path):
         server.client().set("k", "v")
         assert (data / "appendonly.aof").exists()
         conf = (data / "redis.conf").read_text()
-        assert "appendfsync everysec" in conf and "bind 127.0.0.1" in conf
+        assert "appendfsync always" in conf and "bind 127.0.0.1" in conf
     state = data / STATE_FILE
     assert stat.S_IMODE(state.stat().st_mode) == 0o600
     assert json.loads(state.read_text()) == {"port": port, "password": password}
