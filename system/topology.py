@@ -285,11 +285,10 @@ class Topology:
 
     def rollout_metrics(self) -> dict[str, float]:
         """Actor stats summed (rates, counts) or averaged (means), plus the queue's lag."""
-        import ray
 
         from system.queue import read_stats
 
-        stats = ray.get([a.stats.remote() for a in self.actors])
+        stats = actor_stats(self.actors)
         out: dict[str, float] = {}
         for key in stats[0]:
             values = [float(s[key]) for s in stats]
@@ -423,26 +422,29 @@ class Topology:
         keeping the learner ranks' held queue entries fresh meanwhile."""
         import ray
 
-        refs = [a.start.remote() for a in self.actors]
         deadline = time.monotonic() + ACTOR_START_S
-        while True:
-            ready, pending = ray.wait(refs, num_returns=len(refs), timeout=10)
-            for ref in ready:
+        refs = {i: a.start.remote() for i, a in enumerate(self.actors)}
+        while refs:
+            ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=10)
+            for i, ref in [(i, r) for i, r in refs.items() if r in ready]:
                 try:
                     ray.get(ref)
+                    del refs[i]
+                except ray.exceptions.ActorUnavailableError:
+                    time.sleep(1.0)  # still restarting: ask again
+                    refs[i] = self.actors[i].start.remote()
                 except ray.exceptions.RayActorError as exc:
                     raise RuntimeError(
-                        f"a rollout actor died for good ({_first_line(exc)}); it was restarted "
-                        f"rollout.max_restarts={self.config.rollout.max_restarts} times. "
-                        "Resume the run with --resume"
+                        f"rollout actor {i} died for good ({_first_line(exc)}); it was "
+                        f"restarted rollout.max_restarts={self.config.rollout.max_restarts} "
+                        "times. Resume the run with --resume"
                     ) from None
-            if not pending:
-                return
-            if time.monotonic() > deadline:
+            if refs and time.monotonic() > deadline:
                 raise RuntimeError(
                     f"a restarted rollout actor's engine did not start in {ACTOR_START_S}s"
                 )
-            self._collect([w.touch.remote() for w in self.learners])
+            if refs:
+                self._collect([w.touch.remote() for w in self.learners])
 
     def _restart_learners(self, reason: str) -> None:
         """Replace the whole learner group and resume it from the last checkpoint."""
@@ -545,6 +547,20 @@ class Topology:
                 weight_sender, ws.backend, list(self.actors), workers, address, port, ws.timeout_s
             )
         )
+
+
+def actor_stats(actors: list[Any], timeout_s: float = ACTOR_START_S) -> list[dict[str, float]]:
+    """Every rollout actor's `stats()`, waiting for one Ray is restarting."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ray.get([a.stats.remote() for a in actors])
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 def _error_of(ref: Any) -> BaseException | None:

@@ -47,9 +47,9 @@ class Scene:
         return path
 
     def actor_stats(self) -> list[dict[str, float]]:
-        import ray
+        from system.topology import actor_stats
 
-        return ray.get([a.stats.remote() for a in self.topology.actors])
+        return actor_stats(self.topology.actors)
 
     def on_learners(self, fn: Any, *args: Any) -> list[Any]:
         """`fn(worker, *args)` inside every learner rank (between steps, when they are idle)."""
