@@ -122,12 +122,18 @@ class RolloutKill(Fault):
     def inject(self, scene: Scene) -> None:
         import ray
 
-        deadline = time.monotonic() + 60
-        while not scene.actor_stats()[0]["generating"] and time.monotonic() < deadline:
-            time.sleep(0.2)
-        actor = scene.topology.actors[0]
-        pid = ray.get(actor.__ray_call__.remote(_pid))
-        self.generating = bool(scene.actor_stats()[0]["generating"])
+        pid = ray.get(scene.topology.actors[0].__ray_call__.remote(_pid))
+        # The kill waits in a thread for a batch in generation: the driver must keep
+        # stepping meanwhile, or admission control would hold the actor back.
+        threading.Thread(target=self._kill_when_generating, args=(scene, pid), daemon=True).start()
+
+    def _kill_when_generating(self, scene: Scene, pid: int) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if scene.actor_stats()[0]["generating"]:
+                self.generating = True
+                break
+            time.sleep(0.1)
         self.injected_at.append(time.time())
         os.kill(pid, signal.SIGKILL)
 

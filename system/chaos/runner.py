@@ -156,7 +156,8 @@ def _final_ledger(harness: Harness, config: str, overrides: list[str]) -> Ledger
 def _fault_rows(harness: Harness, ledger: Ledger) -> list[Row]:
     rows = []
     faults = harness.injected + harness.pending
-    starts = [f.injected_at[0] for f in harness.injected] + [float("inf")]
+    starts = [f.injected_at[0] if f.injected_at else float("inf") for f in harness.injected]
+    starts.append(float("inf"))
     steps = [t for t, _ in harness.scene.steps]
     for i, fault in enumerate(faults):
         row = Row(fault.name, fault.number, injected=len(fault.injected_at))
