@@ -11,19 +11,8 @@ the learner's version in Redis (the actors' admission control reads it) and, eve
 (`resources.colocate`, one GPU shared): instead of free-running loops, the engines generate
 the next step's groups, sleep through the learner step, and wake for the weight push.
 
-Recovery, without manual action (each one is recorded in `recoveries`):
-- A rollout actor that dies is restarted by Ray (`rollout.max_restarts`). The driver asks the
-  learner ranks to abandon the step they wait in (the queue's interrupt key), waits for the
-  actor's engine, re-forms the weight-sync group with a new sender on rank 0, pushes the full
-  weights to every engine and restarts the actor's loop; the restarted actor publishes
-  nothing before it has those weights.
-- A weight push that fails (`WeightSyncError`: an engine died or stalled past
-  `weight_sync.timeout_s`) re-forms the group the same way and pushes again.
-- A learner rank whose process dies takes the whole learner group down: the driver kills the
-  other ranks, starts new ones (same consumer names), resumes them from the last committed
-  checkpoint (their unacked groups are re-read, applied ones skipped), re-forms the
-  weight-sync group and pushes those weights; at most `learner.max_restarts` times.
-- A stop request (SIGINT/SIGTERM) interrupts a step that waits for groups the same way.
+Faults (a dead rollout actor, a failed weight push, a dead learner rank) are recovered by
+`system.recovery`; a stop request (SIGINT/SIGTERM) interrupts a step that waits for groups.
 """
 
 from __future__ import annotations
@@ -36,6 +25,14 @@ from typing import Any, Protocol
 
 from system.config import RunConfig, StageConfig
 from system.placement import LazySender, placement, rendezvous, weight_sender
+from system.recovery import (
+    LearnerDied,
+    actor_stats,
+    collect,
+    dead_actors,
+    restart_learners,
+    resync,
+)
 from system.redis_server import retrying
 from system.runtime import QueueBackend, RunDirs
 from system.weight_sync import WeightSyncError
@@ -44,17 +41,6 @@ log = logging.getLogger("reelrl.driver")
 
 # A learner step still waiting after this long prints what the rollout side is doing.
 WAIT_REPORT_S = 60.0
-# How often a waiting driver checks the stop flag and the rollout actors.
-POLL_S = 1.0
-# After one rank failed, how long the others get to fail too (a dead peer breaks their
-# collectives) before the failure is classified.
-GRACE_S = 30.0
-# Longest wait for a restarted rollout actor's engine.
-ACTOR_START_S = 900.0
-
-
-class LearnerDied(RuntimeError):
-    """A learner rank's process died (the learner group must be restarted)."""
 
 
 class StageObserver(Protocol):
@@ -121,20 +107,18 @@ class Topology:
 
     # ----------------------------------------------------------------- lifecycle
 
-    # ----------------------------------------------------------------- lifecycle
-
     def start(self) -> None:
         if self.grpo:
             self._start_rollout_actors()
-        self._start_learners()
+        self.start_learners()
 
     def begin(self, step: int) -> None:
         """After resume: push the learner's weights to the engines and start generating."""
         if not self.grpo:
             return
         self.step_now = step
-        self._redis("clear interrupt", lambda: self.redis.delete(self._keys().interrupt))
-        self._push_weights()
+        self.clear_interrupt()
+        self.export_weights()
         if not self.colocated:
             self.actor_runs = [a.run.remote() for a in self.actors]
         for observer in list(OBSERVERS):
@@ -164,12 +148,12 @@ class Topology:
 
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
-        self._stop_learners()
+        self.stop_learners()
         for group in self.groups:
             ray.util.remove_placement_group(group)
         self.learners, self.actors, self.actor_runs, self.groups = [], [], [], []
 
-    def _stop_learners(self, graceful: bool = True) -> None:
+    def stop_learners(self, graceful: bool = True) -> None:
         import ray
 
         if self.learners and graceful:
@@ -197,12 +181,12 @@ class Topology:
     def step(self) -> dict[str, float] | None:
         """One optimizer step on every rank (and the weight push when due); the metrics, or
         None when a stop request interrupted the wait for groups. Recovers from dead rollout
-        actors, failed weight pushes and dead learner ranks on the way (module docstring)."""
+        actors, failed weight pushes and dead learner ranks on the way (system.recovery)."""
         while True:
             try:
                 metrics = self._step_once()
             except LearnerDied as exc:
-                self._restart_learners(str(exc))
+                restart_learners(self, str(exc))
                 continue
             if "interrupted" not in metrics:
                 return metrics
@@ -216,12 +200,11 @@ class Topology:
             self._generate_then_sleep()
         self._last_report = time.monotonic()
         refs = [w.step.remote() for w in self.learners]
-        metrics = dict(self._collect(refs, on_wait=self._while_waiting)[0])
+        metrics = dict(collect(refs, on_wait=self._while_waiting)[0])
         if "interrupted" in metrics:
-            self._interrupting = False
-            self._redis("clear interrupt", lambda: self.redis.delete(self._keys().interrupt))
-            if self._dead_actors():
-                self._resync("a rollout actor died and was restarted")
+            self.clear_interrupt()
+            if dead_actors(self.actor_runs):
+                resync(self, "a rollout actor died and was restarted")
             return metrics
         self.step_now = int(metrics["step"])
         for observer in list(OBSERVERS):
@@ -230,13 +213,13 @@ class Topology:
             return metrics
         if self.sleeps:
             ray.get([a.wake_up.remote() for a in self.actors])
-        if self._dead_actors():
-            self._resync("a rollout actor died and was restarted")
+        if dead_actors(self.actor_runs):
+            resync(self, "a rollout actor died and was restarted")
         elif self.step_now % self.config.weight_sync.every_steps == 0:
             try:
-                metrics["weight_sync_s"] = self._push_weights(full=False)
+                metrics["weight_sync_s"] = self.export_weights(full=False)
             except WeightSyncError as exc:
-                self._resync(f"weight push failed: {exc}")
+                resync(self, f"weight push failed: {exc}")
         metrics.update(self.rollout_metrics())
         return metrics
 
@@ -280,7 +263,7 @@ class Topology:
         }
 
     def checkpoint(self) -> None:
-        paths = self._collect([w.save_checkpoint.remote() for w in self.learners])
+        paths = collect([w.save_checkpoint.remote() for w in self.learners])
         print(f"checkpoint: {paths[0]}", flush=True)
 
     def rollout_metrics(self) -> dict[str, float]:
@@ -302,56 +285,17 @@ class Topology:
 
     # ----------------------------------------------------------------- waiting
 
-    def _collect(self, refs: list[Any], on_wait: Callable[[], None] | None = None) -> list[Any]:
-        """Every rank's result. On a failure the other ranks get `GRACE_S` to end too (a
-        dead peer breaks their collectives); a rank whose process died raises `LearnerDied`,
-        any other error is raised as it is (NonFiniteError, CheckpointError, ...)."""
-        import ray
-
-        while True:
-            ready, pending = ray.wait(refs, num_returns=len(refs), timeout=POLL_S)
-            if any(_error_of(r) is not None for r in ready):
-                if pending:
-                    ray.wait(pending, num_returns=len(pending), timeout=GRACE_S)
-                errors = [e for e in map(_error_of, refs) if e is not None]
-                died = [e for e in errors if isinstance(e, ray.exceptions.RayActorError)]
-                if died:
-                    raise LearnerDied(f"a learner rank died: {_first_line(died[0])}")
-                raise errors[0]
-            if not pending:
-                return ray.get(refs)
-            if on_wait is not None:
-                on_wait()
-
     def _while_waiting(self) -> None:
         """While the ranks wait for groups: interrupt them on a stop request or a dead
         rollout actor; every WAIT_REPORT_S say what the rollout side is doing."""
         if not self.grpo:
             return
-        if not self._interrupting and (self.stop_requested() or self._dead_actors()):
+        if not self._interrupting and (self.stop_requested() or dead_actors(self.actor_runs)):
             self._interrupting = True
             self._redis("interrupt", lambda: self.redis.set(self._keys().interrupt, 1))
         if time.monotonic() - self._last_report >= WAIT_REPORT_S:
             self._last_report = time.monotonic()
             print(self._waiting_report(), flush=True)
-
-    def _dead_actors(self) -> list[int]:
-        """Indices of rollout actors whose loop ended because the process died (Ray restarts
-        them); a loop that failed or ended otherwise raises."""
-        import ray
-
-        if not self.actor_runs:
-            return []
-        done, _ = ray.wait(self.actor_runs, num_returns=len(self.actor_runs), timeout=0)
-        dead = []
-        for ref in done:
-            error = _error_of(ref)
-            if error is None:
-                raise RuntimeError("a rollout actor's generation loop ended unexpectedly")
-            if not isinstance(error, ray.exceptions.RayActorError):
-                raise error
-            dead.append(self.actor_runs.index(ref))
-        return dead
 
     def _waiting_report(self) -> str:
         """Why a GRPO step is slow: what the actors generated and what the filter dropped."""
@@ -385,96 +329,21 @@ class Topology:
 
     # ----------------------------------------------------------------- weights and recovery
 
-    def _push_weights(self, full: bool = True) -> float:
+    def export_weights(self, full: bool = True) -> float:
         """Export the learner's weights (all of them when `full`) as version `step_now` and
         record it for the actors' admission; seconds the export took."""
         from actors.rollout import learner_version_key, publish_weights_version
 
-        exported = self._collect([w.export.remote(include_frozen=full) for w in self.learners])
+        exported = collect([w.export.remote(include_frozen=full) for w in self.learners])
         prefix, run, step = self.config.queue.stream_prefix, self.config.name, self.step_now
         self._redis("versions", lambda: publish_weights_version(self.redis, prefix, run, step))
         self._redis("versions", lambda: self.redis.set(learner_version_key(prefix, run), step))
         return float(exported[0]["export_s"])
 
-    def _resync(self, reason: str, attempts: int = 3) -> None:
-        """Re-form the weight-sync group (every engine up, a new sender on rank 0), push the
-        full weights and restart the loops of actors that died."""
-        started = time.time()
-        print(f"re-forming the weight-sync group: {reason}", flush=True)
-        for attempt in range(1, attempts + 1):
-            dead = self._dead_actors()
-            self._await_actors()
-            address, _, port = rendezvous(self.learner_group)
-            self._collect([self.learners[0].replace_sender.remote(self._sender(address, port))])
-            try:
-                self._push_weights()
-                break
-            except WeightSyncError as exc:
-                if attempt == attempts:
-                    raise
-                log.warning("weight push after re-forming the group failed: %s", exc)
-        for i in dead:
-            self.actor_runs[i] = self.actors[i].run.remote()
-        self._record("weight_sync", reason, started)
-
-    def _await_actors(self) -> None:
-        """Wait until every rollout actor's engine is up (a restarted one starts it again),
-        keeping the learner ranks' held queue entries fresh meanwhile."""
-        import ray
-
-        deadline = time.monotonic() + ACTOR_START_S
-        refs = {i: a.start.remote() for i, a in enumerate(self.actors)}
-        while refs:
-            ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=10)
-            for i, ref in [(i, r) for i, r in refs.items() if r in ready]:
-                try:
-                    ray.get(ref)
-                    del refs[i]
-                except ray.exceptions.ActorUnavailableError:
-                    time.sleep(1.0)  # still restarting: ask again
-                    refs[i] = self.actors[i].start.remote()
-                except ray.exceptions.RayActorError as exc:
-                    raise RuntimeError(
-                        f"rollout actor {i} died for good ({_first_line(exc)}); it was "
-                        f"restarted rollout.max_restarts={self.config.rollout.max_restarts} "
-                        "times. Resume the run with --resume"
-                    ) from None
-            if refs and time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"a restarted rollout actor's engine did not start in {ACTOR_START_S}s"
-                )
-            if refs:
-                self._collect([w.touch.remote() for w in self.learners])
-
-    def _restart_learners(self, reason: str) -> None:
-        """Replace the whole learner group and resume it from the last checkpoint."""
-        import ray
-
-        limit = self.config.learner.max_restarts
-        if self.learner_restarts >= limit:
-            raise RuntimeError(
-                f"{reason}; the learner group was already restarted learner.max_restarts="
-                f"{limit} times. Resume the run with --resume"
-            )
-        self.learner_restarts += 1
-        started = time.time()
-        print(f"restarting the learner group ({reason})", flush=True)
-        self._stop_learners(graceful=False)
-        ray.util.remove_placement_group(self.learner_group)
-        self.groups.remove(self.learner_group)
-        self._start_learners()
-        self.resume()
-        if self.grpo:
-            self._interrupting = False
-            self._redis("clear interrupt", lambda: self.redis.delete(self._keys().interrupt))
-            self._await_actors()
-            self._push_weights()
-        self._record("learner_restart", reason, started)
-
-    def _record(self, kind: str, reason: str, started: float) -> None:
-        event = {"kind": kind, "reason": reason, "started": started, "finished": time.time()}
-        self.recoveries.append(event)
-        print(f"recovered ({kind}) in {event['finished'] - started:.1f}s", flush=True)
+    def clear_interrupt(self) -> None:
+        """Let the learner ranks wait for groups again (after an interrupted step)."""
+        self._interrupting = False
+        self._redis("clear interrupt", lambda: self.redis.delete(self._keys().interrupt))
 
     def _keys(self) -> Any:
         from system.queue import QueueKeys
@@ -486,7 +355,7 @@ class Topology:
 
     # ----------------------------------------------------------------- placement
 
-    def _start_learners(self) -> None:
+    def start_learners(self) -> None:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -498,7 +367,7 @@ class Topology:
         self.groups.append(group)
         self.learner_group = group
         addr, port, sync_port = rendezvous(group)
-        sender = self._sender(addr, sync_port) if self.grpo else None
+        sender = self.new_sender(addr, sync_port) if self.grpo else None
         env = {"DS_ACCELERATOR": "cuda" if r.gpus_per_learner_rank else "cpu"}
         env.update(self.backend.actor_env(cfg))
         remote = ray.remote(LearnerWorker)
@@ -538,7 +407,7 @@ class Topology:
         self.actors = [remote_rollout_actor(cfg, records[i::n], index=i) for i in range(n)]
         ray.get([a.start.remote() for a in self.actors])
 
-    def _sender(self, address: str, port: int) -> LazySender:
+    def new_sender(self, address: str, port: int) -> LazySender:
         from functools import partial
 
         ws, workers = self.config.weight_sync, self.config.rollout.tensor_parallel_size
@@ -547,33 +416,3 @@ class Topology:
                 weight_sender, ws.backend, list(self.actors), workers, address, port, ws.timeout_s
             )
         )
-
-
-def actor_stats(actors: list[Any], timeout_s: float = ACTOR_START_S) -> list[dict[str, float]]:
-    """Every rollout actor's `stats()`, waiting for one Ray is restarting."""
-    import ray
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return ray.get([a.stats.remote() for a in actors])
-        except ray.exceptions.ActorUnavailableError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1.0)
-
-
-def _error_of(ref: Any) -> BaseException | None:
-    """The error a finished Ray call raised, or None when it succeeded."""
-    import ray
-
-    try:
-        ray.get(ref, timeout=0)
-    except ray.exceptions.RayError as exc:
-        return exc
-    return None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__

@@ -47,7 +47,7 @@ class Scene:
         return path
 
     def actor_stats(self) -> list[dict[str, float]]:
-        from system.topology import actor_stats
+        from system.recovery import actor_stats
 
         return actor_stats(self.topology.actors)
 
