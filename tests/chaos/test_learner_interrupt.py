@@ -30,14 +30,14 @@ def test_interrupt_abandons_a_waiting_step_on_every_rank(
             time.sleep(0.5)
         time.sleep(3)
         redis_client.set(keys.interrupt, 1)
-        time.sleep(8)  # both ranks see it within a blocking read (1 s) and abandon the step
-        redis_client.delete(keys.interrupt)
+        time.sleep(8)  # both ranks see it within a blocking read and abandon the step
+        redis_client.delete(keys.interrupt)  # the driver lets them step again
         queue.produce(groups[1])
 
     thread = threading.Thread(target=driver, daemon=True)
     thread.start()
     spec = spec_for(learner_config(queue_config, redis_run), tiny_qwen2_5_vl, tmp_path / "ck",
-                    queue_config, redis_server, ["step", "step", "checkpoint"])  # fmt: skip
+                    queue_config, redis_server, ["step", "await_driver", "step", "checkpoint"])  # fmt: skip
     results, codes = run_ranks(spec, tmp_path / "out")
     thread.join(timeout=30)
     assert codes == [0, 0]

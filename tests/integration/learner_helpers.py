@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,11 @@ def _act(worker: Any, actions: list[str], result: dict[str, Any], out_dir: str, 
             worker.export()
         elif action == "checkpoint":
             result.setdefault("checkpoints", []).append(str(worker.save_checkpoint()))
+        elif action == "await_driver":
+            # As the driver does after an interrupted step: the next step only once the
+            # interrupt key is cleared.
+            while worker.source.queue.interrupted():
+                time.sleep(0.1)
         elif action == "kill":
             _write(out_dir, rank, result)
             os.kill(os.getpid(), signal.SIGKILL)
