@@ -48,7 +48,8 @@ class LearnerDied(RuntimeError):
 def collect(refs: list[Any], on_wait: Callable[[], None] | None = None) -> list[Any]:
     """Every rank's result. On a failure the other ranks get `GRACE_S` to end too (a dead
     peer breaks their collectives); a rank whose process died raises `LearnerDied`, any other
-    error is raised as it is (NonFiniteError, CheckpointError, ...)."""
+    error is raised as the rank raised it (NonFiniteError, CheckpointError, ...), its
+    message first, not behind Ray's task header."""
     import ray
 
     while True:
@@ -60,7 +61,7 @@ def collect(refs: list[Any], on_wait: Callable[[], None] | None = None) -> list[
             died = [e for e in errors if isinstance(e, ray.exceptions.RayActorError)]
             if died:
                 raise LearnerDied(f"a learner rank died: {first_line(died[0])}")
-            raise errors[0]
+            raise raised_by_rank(errors[0]) from errors[0]
         if not pending:
             return ray.get(refs)
         if on_wait is not None:
@@ -194,6 +195,12 @@ def _error_of(ref: Any) -> BaseException | None:
     except ray.exceptions.RayError as exc:
         return exc
     return None
+
+
+def raised_by_rank(error: BaseException) -> BaseException:
+    """The exception a rank raised, unwrapped from Ray's `RayTaskError`."""
+    cause = getattr(error, "cause", None)
+    return cause if isinstance(cause, Exception) else error
 
 
 def first_line(exc: BaseException) -> str:

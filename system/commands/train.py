@@ -16,6 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import sys
+
+    from learner.worker import NonFiniteError
+    from system.checkpoint import CheckpointError
     from system.cli import UserError
     from system.config import ConfigError
     from system.driver import train
@@ -25,5 +29,9 @@ def _run(args: argparse.Namespace) -> int:
         run_dir = train(args.config, args.overrides, resume=args.resume)
     except (ConfigError, RunSetupError) as exc:
         raise UserError(str(exc)) from None
+    except (CheckpointError, NonFiniteError) as exc:
+        # A clear stop: the last committed checkpoint holds; --resume continues from it.
+        print(f"reelrl train: stopped: {exc}", file=sys.stderr)
+        return 1
     print(f"done: {run_dir}")
     return 0
