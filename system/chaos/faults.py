@@ -540,15 +540,11 @@ class NaNStop(NaN):
 # ------------------------------------------------------------------------ 8. checkpoint
 
 
-def _checkpoint_into(worker: Any, path: str) -> str:
-    previous, worker.checkpoint_dir = str(worker.checkpoint_dir), Path(path)
-    return previous
-
-
 class CheckpointUnwritable(Fault):
-    """The checkpoint directory becomes unwritable (a file where a directory must be) just
-    before a checkpoint: every rank raises a `CheckpointError` naming the intact previous
-    checkpoint, the run stops, that checkpoint loads, and `--resume` continues from it."""
+    """The checkpoint directory cannot take the next checkpoint (a file where its directory
+    must be created) just before it is written: every rank raises a `CheckpointError` naming
+    the intact previous checkpoint, the run stops, that checkpoint loads, the operator clears
+    the way and `--resume` continues from it."""
 
     name, number = "checkpoint", 8
     stops_run = True
@@ -561,21 +557,22 @@ class CheckpointUnwritable(Fault):
         return int(metrics["step"]) % every == 0 and latest(real) is not None
 
     def inject(self, scene: Scene) -> None:
-        from system.checkpoint import latest
+        from system.checkpoint import latest, step_dir_name
 
-        blocker = scene.chaos_dir() / "not_a_directory"
-        blocker.write_text("a file where the checkpoint directory should be\n")
         self.real = scene.run_dir / "stages" / scene.topology.stage.name / "checkpoints"
         self.previous = latest(self.real)
         self.error = ""
         self.loadable = False
+        # The driver checkpoints this step next; its temp directory cannot be created.
+        self.blocker = self.real / f".tmp-{step_dir_name(scene.topology.step_now)}"
         self.injected_at.append(time.time())
-        scene.on_learners(_checkpoint_into, str(blocker / "checkpoints"))
+        self.blocker.write_text("a file where the checkpoint's directory must be\n")
 
     def stopped(self, exc: BaseException, scene: Scene) -> None:
         from system.checkpoint import latest, read_state
 
         self.error = str(exc).splitlines()[0]
+        self.blocker.unlink()  # what the operator fixes before --resume
         path = latest(self.real)
         state = read_state(path)
         self.loadable = (
@@ -596,7 +593,7 @@ class CheckpointUnwritable(Fault):
             "resumed": self.handled is not None,
         }
         name = self.previous.name if self.previous else "-"
-        row.detail = f"{self.error[:150]} -> {name} loads; --resume continued from it"
+        row.detail = f"{self.error[:300]} -> {name} loads; --resume continued from it"
 
 
 FAULT_CLASSES: dict[str, type[Fault]] = {

@@ -5,6 +5,11 @@ published / applied / dead-lettered / lost / applied twice, recovery time)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from typing import TextIO
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,9 +28,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import contextlib
-    import sys
-
     from system.chaos.report import to_json, to_table
     from system.chaos.runner import ChaosError, run_chaos, select
     from system.cli import UserError
@@ -35,11 +37,24 @@ def _run(args: argparse.Namespace) -> int:
     try:
         names = select([n.strip() for n in args.faults.split(",")] if args.faults else None)
         load_config(args.config, args.overrides)
-        # With --json, stdout carries only the report; the run's own output goes to stderr.
-        quiet = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
-        with quiet:
+        with _report_only_on_stdout() if args.json else contextlib.nullcontext() as out:
             rows, summary = run_chaos(args.config, args.overrides, names)
+            report = to_json(rows, summary) if args.json else to_table(rows, summary)
+            print(report, file=out, flush=True)
     except (ChaosError, ConfigError, RunSetupError) as exc:
         raise UserError(str(exc)) from None
-    print(to_json(rows, summary) if args.json else to_table(rows, summary), flush=True)
     return 0 if summary["all_ok"] else 1
+
+
+@contextlib.contextmanager
+def _report_only_on_stdout() -> Iterator[TextIO]:
+    """With --json, stdout carries only the report: file descriptor 1 is pointed at stderr
+    for the rest of the process (the run's output, and the worker logs Ray forwards even
+    after the run), and the report is written to the original stdout, which is yielded."""
+    sys.stdout.flush()
+    report = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    try:
+        yield report
+    finally:
+        report.flush()

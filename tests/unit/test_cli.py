@@ -37,3 +37,18 @@ def test_unknown_command_is_a_usage_error(capsys):
         build_parser().parse_args(["no-such-command"])
     assert info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_chaos_json_keeps_stdout_for_the_report_alone():
+    # Ray forwards worker logs to the driver's stdout, some after the run has ended.
+    code = (
+        "import os\n"
+        "from system.commands.chaos import _report_only_on_stdout\n"
+        "with _report_only_on_stdout() as out:\n"
+        "    print('run output')\n"
+        "    print('{\"report\": 1}', file=out)\n"
+        "os.write(1, b'late worker log\\n')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout == '{"report": 1}\n'
+    assert "run output" in proc.stderr and "late worker log" in proc.stderr
