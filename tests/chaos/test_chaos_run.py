@@ -19,6 +19,7 @@ SHORT = [
     "rollout.filter_equal_rewards=false",
     "data.synthetic.n_train=24",
     "data.synthetic.n_eval=8",
+    "data.synthetic.n_text=16",
     "rollout.sampling.max_new_tokens=24",
     "logging.console_every_s=5",
 ]
