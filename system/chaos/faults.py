@@ -267,28 +267,30 @@ class RedisStop(Fault):
 
 
 class DyingSender:
-    """Wraps rank 0's sender: at the next bucket it announces the bucket to every engine
-    (they block receiving it), waits `delay_s`, then SIGKILLs its own process."""
+    """Wraps rank 0's sender: it announces the version (the engines block receiving its
+    buckets), then at the first bucket waits `delay_s` and SIGKILLs its own process."""
 
     def __init__(self, inner: Any, delay_s: float) -> None:
         self.inner, self.delay_s = inner, delay_s
+        self.announced = False
 
-    def start(self, version: int) -> None:
-        self.inner.start(version)
+    def start(self, version: int, layout: Any = None) -> None:
+        self.inner.start(version, layout)
+        self.announced = layout is not None
 
     def send_bucket(self, bucket: Any) -> None:
-        real = self.inner._real()
-        info = {
-            "buckets": [{"manifest": bucket.manifest(), "nbytes": bucket.packed.numel()}],
-            "version": real.version,
-        }
-        for client in real.clients:
-            threading.Thread(target=client.update_weights, args=(info,), daemon=True).start()
+        if not self.announced:  # per-bucket announcement: the engines learn of it only now
+            stream = self.inner._real().stream
+            info = stream.announce([bucket.entries], stream.version)
+            stream.engines.submit(lambda client: client.update_weights(info))
         time.sleep(self.delay_s)
         os.kill(os.getpid(), signal.SIGKILL)
 
     def finish(self, version: int) -> None:
         self.inner.finish(version)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def _arm_dying_sender(worker: Any, delay_s: float) -> bool:
