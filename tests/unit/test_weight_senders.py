@@ -176,11 +176,11 @@ def test_backend_selection():
 
 
 def test_topology_builds_the_configured_sender():
-    from system.topology import _weight_sender
+    from system.placement import weight_sender
 
-    gloo = _weight_sender("gloo", [object(), object()], 2, "127.0.0.1", 1, 1.0)
+    gloo = weight_sender("gloo", [object(), object()], 2, "127.0.0.1", 1, 1.0)
     assert isinstance(gloo, GlooRolloutSender) and gloo.info.world_size == 5
-    nccl = _weight_sender("nccl", [object()], 1, "127.0.0.1", 1, 1.0)
+    nccl = weight_sender("nccl", [object()], 1, "127.0.0.1", 1, 1.0)
     assert isinstance(nccl, NcclRolloutSender) and nccl.world_size == 2
 
 
