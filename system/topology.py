@@ -279,8 +279,11 @@ class Topology:
             out[f"rollout/{key}"] = sum(values) / len(values) if mean_like else sum(values)
         cfg = self.config
         q = self._redis("stats", lambda: read_stats(self.redis, cfg.queue, cfg.name))
-        out.update({"queue/lag": q["length"], "queue/dead_letters": q["dead_letters"]})
-        out["lag"] = float(q["length"])
+        # Lag: groups published and not yet delivered to the learner (the stream's length also
+        # counts delivered entries kept until the checkpoint that acks them).
+        out.update({"queue/length": q["length"], "queue/dead_letters": q["dead_letters"]})
+        out["queue/lag"] = q["undelivered"]
+        out["lag"] = float(q["undelivered"])
         return out
 
     # ----------------------------------------------------------------- waiting
