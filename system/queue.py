@@ -43,6 +43,7 @@ from redis.commands.core import Script
 
 from system.config import QueueConfig
 from system.protocol import ProtocolError, RolloutGroup, decode_group, encode_group
+from system.redis_server import retrying
 
 log = logging.getLogger("reelrl.queue")
 
@@ -517,18 +518,9 @@ class RolloutQueue:
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         """Run `fn`, reconnecting with exponential backoff while Redis is unreachable."""
-        delay = 0.05
         while True:
             try:
-                return fn()
-            except redis.AuthenticationError:
-                raise
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("redis unreachable during %s (%s); retrying in %.2fs", what, exc, delay)
-                self.retries += 1
-                self._drain = True
-                time.sleep(delay)
-                delay = min(delay * 2, self.config.reconnect_max_s)
+                return retrying(what, fn, self.config.reconnect_max_s, self._retried)
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -536,6 +528,10 @@ class RolloutQueue:
                 log.warning("consumer group missing on %s; recreating it", self.keys.stream)
                 self._create_group()
                 self._drain = True
+
+    def _retried(self) -> None:
+        self.retries += 1
+        self._drain = True
 
 
 def read_stats(client: redis.Redis, config: QueueConfig, run: str) -> dict[str, Any]:

@@ -285,9 +285,15 @@ class RedisSupervisor:
             log.warning("redis-server restarted on %s", self.server.data_dir)
 
 
-def retrying(what: str, fn: Callable[[], T], max_backoff_s: float = 5.0) -> T:
+def retrying(
+    what: str,
+    fn: Callable[[], T],
+    max_backoff_s: float = 5.0,
+    on_retry: Callable[[], None] | None = None,
+) -> T:
     """`fn()`, retried with exponential backoff while Redis is unreachable or times out
-    (a restarting or stopped server); other errors propagate."""
+    (a restarting or stopped server); `on_retry` runs before each wait; other errors
+    propagate."""
     delay = 0.05
     while True:
         try:
@@ -296,6 +302,8 @@ def retrying(what: str, fn: Callable[[], T], max_backoff_s: float = 5.0) -> T:
             raise
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("redis unreachable during %s (%s); retrying in %.2fs", what, exc, delay)
+            if on_retry is not None:
+                on_retry()
             time.sleep(delay)
             delay = min(delay * 2, max_backoff_s)
 
