@@ -12,18 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_eval_cli import SMALL
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = [
-    "rollout.max_model_len=2048",
-    "rollout.gpu_memory_utilization=0.05",
-    "video.num_frames=4",
-    "video.max_frames=4",
-    "video.max_video_tokens=64",
-    "video.min_pixels=3136",
-    "video.max_pixels=12544",
-]
 TAU = 0.5
 THINK_TOKENS = 12
 
