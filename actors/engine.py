@@ -1,8 +1,9 @@
 """The rollout engine: one small interface (`RolloutEngine`) over vLLM's async engine.
 
 Owns how an actor talks to its inference engine: G sampled completions per prompt with the
-completion token ids and the behaviour log-prob of every sampled token (vLLM's raw log-probs,
-i.e. of the model's distribution before temperature / top-p), the prompt ids exactly as the
+completion token ids and the behaviour log-prob of every sampled token (vLLM's processed
+log-probs: of the distribution it sampled from, after temperature and top-k / top-p; greedy
+requests get the untempered model distribution), the prompt ids exactly as the
 engine saw them, and the weight-update lifecycle of vLLM's weight-transfer API
 (init / start / update / finish with a version) plus sleep / wake for colocated runs.
 `VLLMEngine` is the real implementation (AsyncLLM; the engine core runs in its own process, so
@@ -151,6 +152,7 @@ def engine_args(config: RunConfig, model_path: str | None = None, seed_offset: i
         weight_transfer_config=WeightTransferConfig(backend=weight_backend(config)),
         enable_sleep_mode=gpu and config.resources.colocate,
         disable_log_stats=True,
+        logprobs_mode="processed_logprobs",
     )
 
 

@@ -36,19 +36,32 @@ def group_advantages(
     return centred / (std + eps)
 
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def token_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """Log-probability of each target token: logits [B, L, V], targets [B, L] -> [B, L].
 
-    logsumexp minus the gathered logit, in fp32, without materialising a second [B, L, V]."""
-    logits = logits.float()
+    Under the distribution a sampler at `temperature` draws from (softmax(logits / T)): the
+    policy GRPO trains is the one the rollouts came from. logsumexp minus the gathered logit,
+    in fp32, without materialising a second [B, L, V]."""
+    logits = _tempered(logits, temperature)
     picked = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1)  # [B, L]
     return picked - torch.logsumexp(logits, dim=-1)  # [B, L]
 
 
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the next-token distribution at each position: [B, L, V] -> [B, L]."""
-    logp = torch.log_softmax(logits.float(), dim=-1)  # [B, L, V]
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of the next-token distribution (at `temperature`) at each position:
+    [B, L, V] -> [B, L]."""
+    logp = torch.log_softmax(_tempered(logits, temperature), dim=-1)  # [B, L, V]
     return -(logp.exp() * logp).sum(dim=-1)  # [B, L]
+
+
+def _tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / T in fp32 (T = 1: the logits themselves)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 to score samples, got {temperature}")
+    logits = logits.float()
+    return logits if temperature == 1.0 else logits / temperature
 
 
 def truncated_is_weight(

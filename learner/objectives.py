@@ -31,6 +31,8 @@ class Objective(Protocol):
 
     needs_reference: bool
     """Whether `loss` wants reference-model log-probs."""
+    temperature: float
+    """The sampling temperature the policy (and reference) log-probs are taken at."""
 
     def loss(
         self,
@@ -44,10 +46,12 @@ class Objective(Protocol):
 
 
 class GRPOObjective:
-    """Clipped policy gradient + truncated IS + β·KL (learner.grpo)."""
+    """Clipped policy gradient + truncated IS + β·KL (learner.grpo), on the policy at the
+    rollouts' sampling temperature (the engine reports log-probs after temperature too)."""
 
-    def __init__(self, config: GRPOConfig) -> None:
+    def __init__(self, config: GRPOConfig, temperature: float = 1.0) -> None:
         self.config = config
+        self.temperature = temperature
         self.needs_reference = config.beta > 0
 
     def loss(
@@ -58,7 +62,7 @@ class GRPOObjective:
         totals: StepTotals,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.config
-        logprobs = token_logprobs(logits, batch.targets)  # [B, L]
+        logprobs = token_logprobs(logits, batch.targets, self.temperature)  # [B, L]
         terms = grpo_loss(
             logprobs,
             batch.behaviour_logprobs,
@@ -75,7 +79,7 @@ class GRPOObjective:
             total_sequences=totals.sequences,
         )
         with torch.no_grad():
-            entropy = token_entropy(logits)  # [B, L]
+            entropy = token_entropy(logits, self.temperature)  # [B, L]
             metrics = grpo_metrics(
                 terms, logprobs, batch.behaviour_logprobs, batch.loss_mask, c.is_cap, entropy
             )
@@ -86,6 +90,7 @@ class SFTObjective:
     """Token-mean NLL of the completion tokens."""
 
     needs_reference = False
+    temperature = 1.0
 
     def loss(
         self,

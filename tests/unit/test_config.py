@@ -89,6 +89,7 @@ def test_overrides_are_parsed_as_yaml(tmp_path):
         ("video.min_frames=300", "video", "min_frames must be <= max_frames"),
         ("rollout.sampling.top_p=abc", "rollout.sampling.top_p", "valid number"),
         ("model.family=llama", "model.family", "qwen2_5_vl"),
+        ("rollout.sampling.temperature=0", "(top level)", "rollout.sampling.temperature"),
     ],
 )
 def test_bad_values_name_the_field(tmp_path, override, field, phrase):

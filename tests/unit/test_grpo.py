@@ -48,6 +48,21 @@ def test_token_logprobs_and_entropy():
     assert torch.allclose(ent, torch.tensor([[h0, h1]]), atol=1e-6)
 
 
+def test_token_logprobs_at_a_temperature():
+    # softmax(log p / T) = p^(1/T) / sum p^(1/T): T = 0.5 squares and renormalises.
+    p = torch.tensor([0.5, 0.25, 0.25])
+    logits = torch.log(p)[None, None]  # [1, 1, 3]
+    sharp = p**2 / (p**2).sum()
+    lp = token_logprobs(logits, torch.tensor([[0]]), temperature=0.5)
+    assert torch.allclose(lp, torch.log(sharp[:1])[None])
+    ent = token_entropy(logits, temperature=0.5)
+    assert torch.allclose(ent, -(sharp * sharp.log()).sum()[None, None], atol=1e-6)
+    # Adding a constant to the logits changes nothing at any temperature.
+    assert torch.allclose(token_logprobs(logits + 3.0, torch.tensor([[0]]), 0.5), lp)
+    with pytest.raises(ValueError, match="temperature"):
+        token_logprobs(logits, torch.tensor([[0]]), temperature=0.0)
+
+
 def test_policy_loss_clips_both_sides():
     old = torch.zeros(1, 4)
     # ratios 1.5, 0.5, 1.5, 0.5 with advantages +1 (first row) / -1 (second row).
