@@ -53,7 +53,8 @@ def task_name(record: Record) -> str:
 
 def score_row(record: Record, inferences: dict[str, Inference]) -> dict[str, Any]:
     """One held-out question graded in every mode: task reward of the final answer scaled to
-    [0, 1], whether it counts as correct, whether it thought, tokens generated."""
+    [0, 1], whether it counts as correct, whether it thought, the first answer's confidence
+    (None when the mode does not compute it), tokens generated."""
     target = reward_target(record)
     modes = {}
     for mode, inference in inferences.items():
@@ -62,6 +63,7 @@ def score_row(record: Record, inferences: dict[str, Inference]) -> dict[str, Any
             "reward": reward / MAX_TASK_REWARD[record.problem_type],
             "correct": is_correct(reward, record.problem_type),
             "thought": inference.thought,
+            "confidence": inference.confidence,
             "tokens": inference.tokens,
         }
     return {

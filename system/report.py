@@ -115,8 +115,56 @@ def gating_note(comparison: dict[str, Any]) -> str:
         f"{g['mean_response_length']:.1f} tokens (direct {d['mean_response_length']:.1f}, "
         f"always-think {t['mean_response_length']:.1f}). Per task it thought on "
         + ", ".join(f"{task} {m['think_ratio']:.0%}" for task, m in g["tasks"].items())
-        + ": thinking is spent on the questions whose first answer the policy is unsure of."
-    )
+        + ": thinking is spent on the questions whose first answer the policy is unsure of. "
+        + (_split_sentence(split) if (split := gating_split(comparison["after"]["rows"])) else "")
+    ).rstrip()
+
+
+def gating_split(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]] | None:
+    """The gated mode's questions split by what it did, each part scored in every mode:
+    `early` (answered from the first box) and `thought`; per part n, the mean reward of each
+    mode on those questions and the median first-answer confidence (when the rows carry it).
+    None unless the rows hold all three modes."""
+    modes = ("direct", "always_think", "gated")
+    if not rows or not all(set(modes) <= set(r["modes"]) for r in rows):
+        return None
+    out = {}
+    for part, thought in (("early", False), ("thought", True)):
+        chosen = [r["modes"] for r in rows if r["modes"]["gated"]["thought"] is thought]
+        entry: dict[str, float] = {"n": float(len(chosen))}
+        for mode in modes:
+            if chosen:
+                entry[mode] = sum(m[mode]["reward"] for m in chosen) / len(chosen)
+        confidences = sorted(c for m in chosen if (c := m["gated"].get("confidence")) is not None)
+        if confidences:
+            entry["confidence"] = confidences[len(confidences) // 2]
+        out[part] = entry
+    return out
+
+
+def _split_sentence(split: dict[str, dict[str, float]]) -> str:
+    early, thought = split["early"], split["thought"]
+    parts = []
+    if early["n"]:
+        parts.append(
+            f"On the {early['n']:.0f} questions it answered early the first answer scored "
+            f"{early['gated']:.3f}; thinking on them (always-think) would have scored "
+            f"{early['always_think']:.3f}"
+            + (f" (median confidence {early['confidence']:.3f})" if "confidence" in early else "")
+        )
+    if thought["n"]:
+        parts.append(
+            f"on the {thought['n']:.0f} it thought about, the answer after thinking scored "
+            f"{thought['gated']:.3f} where the first answer alone (direct) scored "
+            f"{thought['direct']:.3f}"
+            + (
+                f" (median confidence {thought['confidence']:.3f})"
+                if "confidence" in thought
+                else ""
+            )
+        )
+    text = "; ".join(parts)
+    return text[:1].upper() + text[1:] + "." if text else ""
 
 
 def _stage_table(stages: list[StageData]) -> list[str]:

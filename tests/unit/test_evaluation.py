@@ -47,10 +47,12 @@ def test_score_row_grades_each_mode_on_the_reward_scale():
         },
     )
     assert row["task"] == "appear" and row["problem_type"] == "temporal_grounding"
-    assert row["modes"]["direct"] == {"reward": 1.0, "correct": True, "thought": False, "tokens": 8}
+    direct = {"reward": 1.0, "correct": True, "thought": False, "confidence": 0.99, "tokens": 8}
+    assert row["modes"]["direct"] == direct
     assert row["modes"]["always_think"]["reward"] == pytest.approx(0.5)
     assert row["modes"]["always_think"]["correct"]  # tIoU 0.5 counts (R@0.5)
-    assert row["modes"]["gated"] == {"reward": 0.0, "correct": False, "thought": True, "tokens": 20}
+    gated = {"reward": 0.0, "correct": False, "thought": True, "confidence": 0.5, "tokens": 20}
+    assert row["modes"]["gated"] == gated
 
 
 def test_summarize_per_mode_and_per_task():

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from system.evaluation import summarize
-from system.report import load_stages, rl_comparison, write_report
+from system.report import gating_split, load_stages, rl_comparison, write_report
 
 MODES = ["direct", "always_think", "gated"]
 
@@ -53,6 +53,18 @@ def _run_dir(root: Path) -> Path:
     return root
 
 
+def test_gating_split_scores_early_exits_and_thought_questions_apart():
+    rows = _rows([1.0] * 6 + [1.0, 0.0], [False, True] * 4)
+    for i, r in enumerate(rows):
+        r["modes"]["gated"]["confidence"] = 0.99 if i % 2 == 0 else 0.5 + i / 100
+    split = gating_split(rows)
+    assert split["early"] == {"n": 4.0, "direct": 1.0, "always_think": 1.0, "gated": 1.0,
+                              "confidence": 0.99}  # fmt: skip
+    assert split["thought"]["n"] == 4.0 and split["thought"]["gated"] == 0.75
+    assert split["thought"]["confidence"] == pytest.approx(0.55)  # median of .51 .53 .55 .57
+    assert gating_split([{**rows[0], "modes": {"direct": rows[0]["modes"]["direct"]}}]) is None
+
+
 def test_report_compares_first_and_last_evaluation_of_the_rl_stage(tmp_path):
     run = _run_dir(tmp_path)
     comparison = rl_comparison(load_stages(run))
@@ -66,6 +78,7 @@ def test_report_compares_first_and_last_evaluation_of_the_rl_stage(tmp_path):
     assert "| sft | sft | 3 | 1.000 |" in text and "| rl | grpo | 4 |" in text
     assert "thought on 50% of the questions" in text  # gated on the RL checkpoint
     assert "count 100%, direction 0%" in text
+    assert "On the 4 questions it answered early the first answer scored 1.000" in text
     assert "### Per task, gated" in text and "published 20, applied 16" in text
     plots = sorted(p.name for p in (run / "plots").iterdir())
     assert plots == ["accuracy_per_task.png", "rl_eval.png", "rl_reward.png", "rl_system.png",
