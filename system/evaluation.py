@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.engine import EngineRequest, RolloutEngine
-from actors.gating import GatedInference, Inference, Mode, result
+from actors.gating import GatedInference, Inference, Mode, result, should_exit
 from actors.prompts import build_messages, render_prompt
 from actors.rewards import is_correct, task_reward
 from actors.rewards.composite import MAX_TASK_REWARD
@@ -66,12 +66,16 @@ def score_row(record: Record, inferences: dict[str, Inference]) -> dict[str, Any
             "confidence": inference.confidence,
             "tokens": inference.tokens,
         }
-    return {
+    row = {
         "id": record.id,
         "task": task_name(record),
         "problem_type": record.problem_type,
         "modes": modes,
     }
+    first = inferences.get("direct")
+    if first is not None:  # the shared first pass: what gating decides on
+        row["first"] = {"answer": first.answer, "confidence": first.confidence}
+    return row
 
 
 def mean_se(values: Sequence[float]) -> tuple[float, float]:
@@ -141,6 +145,39 @@ def paired_gain(
     gain, se = mean_se(diffs)
     z = gain / se if se > 0 else (math.inf if gain > 0 else 0.0)
     return {"n": len(diffs), "gain": gain, "se": se, "z": z}
+
+
+GATING_TAUS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99)
+
+
+def gating_curve(
+    rows: Sequence[dict[str, Any]], taus: Sequence[float] = GATING_TAUS
+) -> list[dict[str, float]]:
+    """The gated mode at other thresholds, from rows graded in direct and always-think mode
+    (greedy passes are shared, so gated at tau answers exactly like direct where the first
+    answer exits and like always-think elsewhere): per tau the think ratio, mean task reward
+    and mean generated tokens. Rows without the first pass's record are left out."""
+    usable = [r for r in rows if "first" in r and {"direct", "always_think"} <= set(r["modes"])]
+    curve = []
+    for tau in taus:
+        picked = [
+            r["modes"][
+                "direct"
+                if should_exit(r["first"]["answer"], r["first"]["confidence"], tau)
+                else "always_think"
+            ]
+            for r in usable
+        ]
+        n = max(len(picked), 1)
+        curve.append(
+            {
+                "tau": tau,
+                "think_ratio": sum(m["thought"] for m in picked) / n,
+                "reward": sum(m["reward"] for m in picked) / n,
+                "tokens": sum(m["tokens"] for m in picked) / n,
+            }
+        )
+    return curve
 
 
 def requests_for(

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from system.evaluation import paired_gain
+from system.evaluation import gating_curve, paired_gain
 from system.metrics import read_metrics
 
 PLOTS = "plots"
@@ -167,6 +167,27 @@ def _split_sentence(split: dict[str, dict[str, float]]) -> str:
     return text[:1].upper() + text[1:] + "." if text else ""
 
 
+def _curve_table(comparison: dict[str, Any]) -> list[str]:
+    """The gated mode at other thresholds (system.evaluation.gating_curve), before and after."""
+    before = gating_curve(comparison["before"]["rows"])
+    after = gating_curve(comparison["after"]["rows"])
+    if not after or not before:
+        return []
+    lines = [
+        "Gating at other thresholds (read off the direct and always-think passes of the same "
+        "questions; tau = 1 is always-think):",
+        "",
+        "| tau | think ratio SFT | reward SFT | think ratio RL | reward RL | tokens RL |",
+        "|---" * 6 + "|",
+    ]
+    for b, a in zip(before, after, strict=True):
+        lines.append(
+            f"| {a['tau']} | {b['think_ratio']:.2f} | {b['reward']:.3f} | "
+            f"{a['think_ratio']:.2f} | {a['reward']:.3f} | {a['tokens']:.1f} |"
+        )
+    return [*lines, ""]
+
+
 def _stage_table(stages: list[StageData]) -> list[str]:
     lines = [
         "| stage | algorithm | steps | last loss | last reward | wall time |",
@@ -207,6 +228,7 @@ def markdown(run_dir: Path, stages: list[StageData], plots: list[str]) -> str:
     if comparison is not None:
         out += ["## Held-out evaluation: after SFT vs after RL", "", "```"]
         out += [summary_table(comparison), "```", "", gating_note(comparison), ""]
+        out += _curve_table(comparison)
         for mode in comparison["after"]["modes"]:
             out += [f"### Per task, {MODE_LABELS[mode]}", "", *_task_table(comparison, mode), ""]
     for s in stages:

@@ -8,8 +8,9 @@ import math
 import pytest
 
 from actors.gating import Inference
+from actors.rewards import FALLBACK_ANSWER
 from system.data import Record
-from system.evaluation import mean_se, paired_gain, score_row, summarize
+from system.evaluation import gating_curve, mean_se, paired_gain, score_row, summarize
 
 
 def _row(rid: str, task: str, rewards: dict[str, float], thought: bool = False) -> dict:
@@ -53,6 +54,7 @@ def test_score_row_grades_each_mode_on_the_reward_scale():
     assert row["modes"]["always_think"]["correct"]  # tIoU 0.5 counts (R@0.5)
     gated = {"reward": 0.0, "correct": False, "thought": True, "confidence": 0.5, "tokens": 20}
     assert row["modes"]["gated"] == gated
+    assert row["first"] == {"answer": "[2.0, 4.0]", "confidence": 0.99}  # the direct pass
 
 
 def test_summarize_per_mode_and_per_task():
@@ -86,3 +88,26 @@ def test_paired_gain_uses_the_questions_both_graded():
                     "z": pytest.approx(mean / se)}  # fmt: skip
     same = paired_gain(before, before, "gated")
     assert same["gain"] == 0.0 and same["z"] == 0.0
+
+
+def test_gating_curve_answers_like_direct_above_tau_and_like_always_think_below():
+    rows = [
+        _row("a", "count", {"direct": 1.0, "always_think": 0.0}, thought=True),
+        _row("b", "count", {"direct": 0.0, "always_think": 1.0}, thought=True),
+        _row("c", "count", {"direct": 1.0, "always_think": 1.0}, thought=True),
+    ]
+    rows[0]["first"] = {"answer": "2", "confidence": 0.95}
+    rows[1]["first"] = {"answer": "1", "confidence": 0.6}
+    rows[2]["first"] = {"answer": FALLBACK_ANSWER, "confidence": 0.99}  # never exits
+    curve = {c["tau"]: c for c in gating_curve(rows, taus=(0.5, 0.9, 0.99))}
+    # tau 0.5: a and b exit (direct: 1 + 0), c thinks (1) -> 2/3, thinks on 1 of 3.
+    assert curve[0.5]["reward"] == pytest.approx(2 / 3)
+    assert curve[0.5]["think_ratio"] == pytest.approx(1 / 3)
+    assert curve[0.5]["tokens"] == pytest.approx((10 + 10 + 30) / 3)
+    # tau 0.9: only a exits -> 1 + 1 + 1.
+    assert curve[0.9]["reward"] == 1.0 and curve[0.9]["think_ratio"] == pytest.approx(2 / 3)
+    # tau 0.99: nothing exits -> always-think.
+    assert curve[0.99]["reward"] == pytest.approx(2 / 3) and curve[0.99]["think_ratio"] == 1.0
+    # A row without its first pass (evaluated in one mode only) is left out.
+    extra = _row("d", "count", {"direct": 0.0, "always_think": 0.0})
+    assert gating_curve([*rows, extra], taus=(0.9,)) == [curve[0.9]]

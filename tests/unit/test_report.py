@@ -20,7 +20,8 @@ def _rows(rewards: list[float], thought: list[bool]) -> list[dict]:
         {"id": f"q{i}", "task": "count" if i % 2 else "direction", "problem_type": "numerical",
          "modes": {m: {"reward": r, "correct": r >= 1.0, "thought": m == "always_think" or
                        (m == "gated" and t), "tokens": 5 if m == "direct" else 25}
-                   for m in MODES}}
+                   for m in MODES},
+         "first": {"answer": "2", "confidence": 0.5 if t else 0.99}}
         for i, (r, t) in enumerate(zip(rewards, thought, strict=True))
     ]  # fmt: skip
 
@@ -79,6 +80,7 @@ def test_report_compares_first_and_last_evaluation_of_the_rl_stage(tmp_path):
     assert "thought on 50% of the questions" in text  # gated on the RL checkpoint
     assert "count 100%, direction 0%" in text
     assert "On the 4 questions it answered early the first answer scored 1.000" in text
+    assert "| 0.97 | 1.00 | 0.250 | 0.50 | 0.875 | 15.0 |" in text  # the gating curve
     assert "### Per task, gated" in text and "published 20, applied 16" in text
     plots = sorted(p.name for p in (run / "plots").iterdir())
     assert plots == ["accuracy_per_task.png", "rl_eval.png", "rl_reward.png", "rl_system.png",
