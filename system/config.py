@@ -10,6 +10,7 @@ applied to the run config and validated at load, so a bad stage fails before any
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -464,18 +465,44 @@ def _deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
 
 
 def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any], origin: str) -> None:
+    """Set each dotted key (`a.b.c`; `name[i]` steps into item i of a list) to its value."""
     for dotted, value in overrides.items():
         parts = dotted.split(".")
-        node = data
-        for depth, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                where = ".".join(parts[: depth + 1])
+        node: Any = data
+        for depth, part in enumerate(parts):
+            where = ".".join(parts[: depth + 1])
+            if not isinstance(node, dict):
                 raise ConfigError(f"{origin}: override {dotted}: {where} is not a section")
+            key, index = _key_index(part)
+            last = depth == len(parts) - 1
+            if index is None:
+                if last:
+                    node[key] = value
+                    break
+                child = node.get(key)
+                if child is None:
+                    child = node[key] = {}
+            else:
+                items = node.get(key)
+                if not isinstance(items, list) or not -len(items) <= index < len(items):
+                    size = len(items) if isinstance(items, list) else "no"
+                    raise ConfigError(
+                        f"{origin}: override {dotted}: {key} has {size} items, no [{index}]"
+                    )
+                if last:
+                    items[index] = value
+                    break
+                child = items[index]
             node = child
-        node[parts[-1]] = value
+
+
+_INDEXED = re.compile(r"^([A-Za-z_][\w-]*)\[(-?\d+)\]$")
+
+
+def _key_index(part: str) -> tuple[str, int | None]:
+    """`name[3]` -> ("name", 3); `name` -> ("name", None)."""
+    match = _INDEXED.match(part)
+    return (match.group(1), int(match.group(2))) if match else (part, None)
 
 
 def _validate(data: dict[str, Any], origin: str) -> RunConfig:

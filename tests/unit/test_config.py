@@ -127,3 +127,17 @@ def test_cli_config_show_prints_resolved_yaml_and_refuses_bad(capsys, tmp_path):
     assert "nope: unknown key" in capsys.readouterr().err
     assert cli_main(["config", "show", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
+
+
+def test_overrides_step_into_list_items(tmp_path):
+    path = _write(
+        tmp_path, "l.yaml",
+        "name: x\nstages:\n  - {name: a, algorithm: sft, total_steps: 2}\n"
+        "  - {name: b, algorithm: grpo, total_steps: 3}\n",
+    )  # fmt: skip
+    config = load_config(path, ["stages[1].total_steps=9", "stages[-2].name=first"])
+    assert [(s.name, s.total_steps) for s in config.stages] == [("first", 2), ("b", 9)]
+    with pytest.raises(ConfigError, match=r"stages has 2 items, no \[2\]"):
+        load_config(path, ["stages[2].total_steps=1"])
+    with pytest.raises(ConfigError, match=r"name has no items"):
+        load_config(path, ["name[0]=y"])
