@@ -146,7 +146,7 @@ def engine_args(config: RunConfig, model_path: str | None = None, seed_offset: i
         gpu_memory_utilization=rollout.gpu_memory_utilization,
         max_model_len=rollout.max_model_len,
         enforce_eager=rollout.enforce_eager,
-        seed=rollout.seed + seed_offset,
+        seed=config.rollout_seed + seed_offset,
         limit_mm_per_prompt={"video": 1, "image": 0},
         mm_processor_kwargs=processor_kwargs(),
         weight_transfer_config=WeightTransferConfig(backend=weight_backend(config)),

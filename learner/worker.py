@@ -128,7 +128,7 @@ class LearnerWorker:
             )  # fmt: skip
         from system.data import RecordMixer, load_split
 
-        mixer = RecordMixer(load_split(c.data, "train"), c.data.shuffle_seed)
+        mixer = RecordMixer(load_split(c.data, "train"), c.data_seed)
         return RecordSource(
             mixer, self.collator, c.video, c.data.root, c.rewards.format, self.rank,
             self.world_size,

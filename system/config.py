@@ -86,8 +86,8 @@ class DataConfig(_Section):
     """Held-out datasets for periodic evaluation."""
     synthetic: SyntheticSpec | None = None
     """Generate the synthetic video tasks when their files are missing."""
-    shuffle_seed: int = 0
-    """Seed of the deterministic shuffle."""
+    shuffle_seed: int | None = None
+    """Seed of the deterministic shuffle (None: the run's `seed`)."""
     problem_types: list[ProblemType] | None = None
     """Keep only these problem types (None keeps all)."""
 
@@ -164,8 +164,8 @@ class RolloutConfig(_Section):
     """Longest prompt + completion."""
     enforce_eager: bool = True
     """Disable CUDA graphs / compilation (start-up time matters more in debug runs)."""
-    seed: int = 0
-    """Engine seed (offset by actor index)."""
+    seed: int | None = None
+    """Engine seed, offset by actor index (None: the run's `seed`)."""
     filter_equal_rewards: bool = True
     """Drop groups whose G rewards are all equal (no learning signal)."""
     t_grpo: TGRPOConfig = Field(default_factory=TGRPOConfig)
@@ -343,7 +343,8 @@ class RunConfig(_Section):
     output_dir: str = "runs"
     """Parent of run directories."""
     seed: int = 0
-    """Global seed."""
+    """Run seed: the data order and the rollout engines' sampling unless `data.shuffle_seed` /
+    `rollout.seed` set their own, and the weights of a tiny model when this run builds it."""
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     video: VideoConfig = Field(default_factory=VideoConfig)
@@ -387,6 +388,16 @@ class RunConfig(_Section):
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
         return self
+
+    @property
+    def data_seed(self) -> int:
+        """Seed of the training data order."""
+        return self.seed if self.data.shuffle_seed is None else self.data.shuffle_seed
+
+    @property
+    def rollout_seed(self) -> int:
+        """Sampling seed of the first rollout engine (later ones add their index)."""
+        return self.seed if self.rollout.seed is None else self.rollout.seed
 
     def for_stage(self, index: int) -> RunConfig:
         """The config a stage runs with: this config with the stage's overrides applied."""

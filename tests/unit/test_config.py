@@ -141,3 +141,12 @@ def test_overrides_step_into_list_items(tmp_path):
         load_config(path, ["stages[2].total_steps=1"])
     with pytest.raises(ConfigError, match=r"name has no items"):
         load_config(path, ["name[0]=y"])
+
+
+def test_the_run_seed_drives_data_order_and_sampling_unless_set_apart(tmp_path):
+    path = _write(tmp_path, "s.yaml", "name: x\n")
+    config = load_config(path, ["seed=3"])
+    assert (config.data_seed, config.rollout_seed) == (3, 3)
+    config = load_config(path, ["seed=3", "data.shuffle_seed=5", "rollout.seed=7"])
+    assert (config.data_seed, config.rollout_seed) == (5, 7)
+    assert load_config(path).data_seed == 0
