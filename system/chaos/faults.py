@@ -472,6 +472,7 @@ class NaNObjective:
     def __init__(self, inner: Any, worker: Any, steps: set[int]) -> None:
         self.inner, self.worker, self.steps = inner, worker, steps
         self.needs_reference = inner.needs_reference
+        self.temperature = inner.temperature
 
     def loss(self, batch: Any, logits: Any, ref_logprobs: Any, totals: Any) -> Any:
         loss, metrics = self.inner.loss(batch, logits, ref_logprobs, totals)

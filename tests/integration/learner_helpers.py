@@ -152,7 +152,9 @@ def rank_main(rank: int, world: int, port: int, spec: dict[str, Any], out_dir: s
     )  # fmt: skip
     worker.config_score_group = spec.get("score_group")
     if spec.get("poison_steps"):
-        worker.objective = PoisonedObjective(worker.objective, worker, spec["poison_steps"])
+        from system.chaos.faults import NaNObjective
+
+        worker.objective = NaNObjective(worker.objective, worker, set(spec["poison_steps"]))
     result: dict[str, Any] = {"resumed": worker.resume() if spec.get("resume") else False}
     result["start_step"] = worker.global_step
     result["metrics"] = []
@@ -194,20 +196,6 @@ def _act(worker: Any, actions: list[str], result: dict[str, Any], out_dir: str, 
             os.kill(os.getpid(), signal.SIGKILL)
         else:
             raise ValueError(f"unknown action {action}")
-
-
-class PoisonedObjective:
-    """Objective double: the real loss, times NaN on the listed (1-based) steps."""
-
-    def __init__(self, inner: Any, worker: Any, steps: list[int]) -> None:
-        self.inner, self.worker, self.steps = inner, worker, set(steps)
-        self.needs_reference = inner.needs_reference
-
-    def loss(self, batch, logits, ref_logprobs, totals):
-        loss, metrics = self.inner.loss(batch, logits, ref_logprobs, totals)
-        if self.worker.global_step + 1 in self.steps:
-            loss = loss * float("nan")
-        return loss, metrics
 
 
 def _checksum(worker: Any) -> float:
