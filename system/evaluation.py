@@ -156,8 +156,11 @@ def gating_curve(
     """The gated mode at other thresholds, from rows graded in direct and always-think mode
     (greedy passes are shared, so gated at tau answers exactly like direct where the first
     answer exits and like always-think elsewhere): per tau the think ratio, mean task reward
-    and mean generated tokens. Rows without the first pass's record are left out."""
+    and mean generated tokens. Rows without the first pass's record are left out; none left:
+    an empty curve."""
     usable = [r for r in rows if "first" in r and {"direct", "always_think"} <= set(r["modes"])]
+    if not usable:
+        return []
     curve = []
     for tau in taus:
         picked = [
@@ -168,7 +171,7 @@ def gating_curve(
             ]
             for r in usable
         ]
-        n = max(len(picked), 1)
+        n = len(picked)
         curve.append(
             {
                 "tau": tau,

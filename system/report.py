@@ -175,7 +175,7 @@ def _curve_table(comparison: dict[str, Any]) -> list[str]:
         return []
     lines = [
         "Gating at other thresholds (read off the direct and always-think passes of the same "
-        "questions; tau = 1 is always-think):",
+        "questions):",
         "",
         "| tau | think ratio SFT | reward SFT | think ratio RL | reward RL | tokens RL |",
         "|---" * 6 + "|",

@@ -111,3 +111,4 @@ def test_gating_curve_answers_like_direct_above_tau_and_like_always_think_below(
     # A row without its first pass (evaluated in one mode only) is left out.
     extra = _row("d", "count", {"direct": 0.0, "always_think": 0.0})
     assert gating_curve([*rows, extra], taus=(0.9,)) == [curve[0.9]]
+    assert gating_curve([extra]) == []  # rows of a run that did not keep its first passes
