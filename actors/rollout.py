@@ -5,7 +5,9 @@ A `RolloutActor` (a Ray actor; `remote_rollout_actor` applies the restart policy
 records, decodes their videos (a `VideoError` skips and counts the record), renders the
 prompts, samples G completions each, scores them (`score_completion`; with T-GRPO, extra
 shuffled-frame rollouts are scored for `temporal_contrast` and never published), drops groups
-without signal and publishes the rest with the weight version that produced them.
+without signal and publishes the rest with the weight version that produced them. The next
+batch's videos are decoded in a thread while the current batch generates, so decoding costs
+the actor no generation time.
 
 Admission control (bounded staleness): a learner step consumes `learner.groups_per_step`
 groups, so groups published beyond what the next `max_staleness + 1` steps consume would be
@@ -145,6 +147,9 @@ class RolloutActor:
     def __init__(self, config: RunConfig, records: Sequence[Record], index: int = 0) -> None:
         if not records:
             raise ValueError("a rollout actor needs at least one record")
+        from system.logs import configure
+
+        configure()
         self.config = config
         self.records = [Record.model_validate(r) for r in records]
         self.index = index
@@ -156,6 +161,7 @@ class RolloutActor:
         self._cursor = 0
         self._batch = 0
         self._required_version = 0
+        self._prefetched: asyncio.Future[list[Prompt]] | None = None
         self.stats_ = RolloutStats()
 
     async def start(self, engine: RolloutEngine | None = None) -> int:
@@ -228,20 +234,39 @@ class RolloutActor:
             await asyncio.sleep(POLL_S)
         self._batch += 1
         self.stats_.batches += 1
-        prompts = await asyncio.to_thread(self._prepare, self._next_records())
+        prompts = await self._take_batch()
         if not prompts:
             return 0
         version = self.engine.weight_version
         created = time.time()
+        self._prefetch_next()
         self.stats_.generating += 1
         try:
             groups = await self._generate_and_score(prompts, version, created)
         finally:
             self.stats_.generating -= 1
-        for group in groups:
-            await asyncio.to_thread(self.queue.produce, group)
-        self.stats_.published += len(groups)
+        await asyncio.to_thread(self._publish, groups)
         return len(groups)
+
+    async def _take_batch(self) -> list[Prompt]:
+        """The next batch's prompts: the one decoded while the last batch generated, else
+        decoded now."""
+        pending, self._prefetched = self._prefetched, None
+        if pending is not None:
+            return await pending
+        return await asyncio.to_thread(self._prepare, self._next_records())
+
+    def _prefetch_next(self) -> None:
+        """Start decoding the next batch's videos (a thread) while this batch generates; the
+        next `step` takes it. Decoding is not generating: admission still gates that batch."""
+        self._prefetched = asyncio.ensure_future(
+            asyncio.to_thread(self._prepare, self._next_records())
+        )
+
+    def _publish(self, groups: list[RolloutGroup]) -> None:
+        for group in groups:
+            self.queue.produce(group)
+            self.stats_.published += 1
 
     def _next_records(self) -> list[Record]:
         n = self.config.rollout.prompts_per_batch
@@ -436,6 +461,9 @@ class RolloutActor:
         await self.engine.wake_up()
 
     def shutdown(self) -> None:
+        if self._prefetched is not None:
+            self._prefetched.cancel()
+            self._prefetched = None
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None

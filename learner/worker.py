@@ -68,6 +68,9 @@ class LearnerWorker:
     ) -> None:
         from transformers import AutoProcessor
 
+        from system.logs import configure
+
+        configure()
         self.config = config
         self.rank, self.world_size = rank, world_size
         learner = config.learner

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from system.logs import configure
+
+    configure()
     try:
         result = args.func(args)
     except UserError as exc:

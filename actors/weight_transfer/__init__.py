@@ -55,6 +55,9 @@ def register() -> None:
     """
     from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
 
+    from system.logs import configure
+
+    configure()
     with contextlib.suppress(ValueError):  # already registered in this process
         WeightTransferEngineFactory.register_engine(
             BACKEND, "actors.weight_transfer.gloo_engine", "GlooWeightTransferEngine"

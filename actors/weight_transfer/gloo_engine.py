@@ -141,6 +141,7 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         (the staged tensors are views into them until the update is loaded)."""
         self._buckets_staged = 0
         self._reloader: ModelReloader | None = None
+        self._received = _Received()
 
     def init_transfer_engine(self, init_info: GlooInitInfo) -> None:
         self.shutdown()
@@ -161,6 +162,7 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
     def start_weight_update(self) -> None:
         self._staged = []
         self._buckets_staged = 0
+        self._received = _Received()
 
     def update_weights(self, update_info: dict[str, Any]) -> None:
         # The base class synchronizes an accelerator afterwards; on CPU there is none.
@@ -173,7 +175,8 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         staged = [] if staged is None else staged
         first = self._buckets_staged
         self._buckets_staged = 0
-        deadline = time.monotonic() + self.info.timeout_s
+        started = time.monotonic()
+        deadline = started + self.info.timeout_s
         for index, spec in enumerate(update_info.buckets):
             what = f"weight update v{update_info.version}: bucket {index + 1}/{len(update_info.buckets)}"
             left = deadline - time.monotonic()
@@ -191,8 +194,11 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
                     "keeping the previous weights"
                 ) from None
             staged.extend(unpack_bucket(bucket_of(spec, packed)))
+            self._received.nbytes += packed.numel()
         self._staged = staged
         self._buckets_staged = first + len(update_info.buckets)
+        self._received.seconds += time.monotonic() - started
+        self._received.version = update_info.version
 
     def _buffer(self, position: int, nbytes: int) -> torch.Tensor:
         """The receive buffer of the `position`-th bucket of an update: last update's when
@@ -214,13 +220,33 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
             return
         if self._reloader is None:
             self._reloader = ModelReloader(self.model, self.model_config)
+        started, replays = time.monotonic(), self._reloader.replays
         self._reloader.load(staged, used)
+        r = self._received
+        log.info(
+            "weights v%d: %.1f MiB in %d bucket(s) received in %.1f ms, loaded in %.1f ms (%s)",
+            r.version,
+            r.nbytes / 2**20,
+            len(used),
+            r.seconds * 1e3,
+            (time.monotonic() - started) * 1e3,
+            "replayed" if self._reloader.replays > replays else "vLLM's full path",
+        )
 
     def shutdown(self) -> None:
         self.group = None
         self.info = None
         self._staged = None
         self._buckets_staged = 0
+
+
+@dataclass
+class _Received:
+    """What the open update has received so far, for its log line."""
+
+    version: int = -1
+    nbytes: int = 0
+    seconds: float = 0.0
 
 
 def _first_line(exc: BaseException) -> str:
