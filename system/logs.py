@@ -10,8 +10,22 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s [pid %(process)d]: %(message)s"
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time of the message (a test's capture, a
+    replaced stream), never to a stream closed since the handler was made."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
 
 
 def configure() -> None:
@@ -20,7 +34,7 @@ def configure() -> None:
     if any(getattr(h, "_reelrl", False) for h in logger.handlers):
         return
     level = os.environ.get("REELRL_LOG", "INFO").upper()
-    handler = logging.StreamHandler()
+    handler = _Stderr()
     handler.setFormatter(logging.Formatter(FORMAT, "%H:%M:%S"))
     handler._reelrl = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
