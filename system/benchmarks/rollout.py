@@ -4,15 +4,15 @@ Throughput: batches of video prompts (synthetic clips, tiny Qwen2.5-VL on vllm-c
 each) through `RolloutActor.step` - decode, render, generate, score, publish to an embedded
 Redis - against the same records, prepared beforehand, sent straight to the same vLLM engine,
 the two alternating round by round, each after vLLM's caches are emptied (they would let the
-second path reuse the first one's prefill and video processing); groups/s and tokens/s of each, their ratio (target >=
-0.95), the median of the per-round ratios and the actor's time per batch by phase. Weight
-update: one version pushed through `GlooRolloutSender` into the engine (start, the whole
-version announced, packed buckets broadcast, finish with the model load) against a bare gloo
-broadcast of the same packed bytes, from the same process, to a receiver process that reuses
-its receive buffer as the engine does (target <= 1.2x). The two alternate round by round
-after a warm-up, so both see the same load on a shared host; the figures are medians with
-their spread, the whole update and the part until its bytes are sent. `--size` picks the
-model (tiny, small); its size is printed with the figures.
+second path reuse the first one's prefill and video processing); groups/s and tokens/s of
+each, their ratio (target >= 0.95), the median of the per-round ratios and the actor's time
+per batch by phase. Weight update: one version pushed through `GlooRolloutSender` into the
+engine (start, the whole version announced, packed buckets broadcast, finish with the model
+load) against a bare gloo broadcast of the same packed bytes, from the same process, to a
+receiver process that reuses its receive buffer as the engine does (target <= 1.2x). The two
+alternate round by round after a warm-up, so both see the same load on a shared host; the
+figures are medians with their spread, the whole update and the part until its bytes are
+sent. `--size` picks the model (tiny, small); its size is printed with the figures.
 """
 
 from __future__ import annotations
@@ -252,8 +252,8 @@ def _print(f: dict) -> None:
     )
     print(
         f"  per batch: actor {f['actor_batch_s'] * 1e3:.0f} ms = decode+render "
-        f"{f['actor_prepare_s'] * 1e3:.0f} + generate+score {f['actor_generate_s'] * 1e3:.0f} "
-        f"+ publish {f['actor_publish_s'] * 1e3:.0f} (+ the rest); direct "
+        f"{f['actor_prepare_s'] * 1e3:.0f} + generate {f['actor_generate_s'] * 1e3:.0f} "
+        f"+ publish {f['actor_publish_s'] * 1e3:.0f} (+ scoring, hand-offs); direct "
         f"{f['direct_batch_s'] * 1e3:.0f} ms"
     )
     print("weight update, median [min, max] of alternating rounds:")
