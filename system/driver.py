@@ -128,19 +128,23 @@ def _step_loop(
         evals.run(step)  # the previous stage's weights: the baseline RL is measured against
     last_checkpoint = step
     metrics: dict[str, float] = {}
-    while step < stage.total_steps and not stop.requested:
-        stepped = topology.step()
-        if stepped is None:  # a stop request interrupted the wait for rollout groups
+    # `checkpoint` returns the learners' step afterwards: a rank that died while saving
+    # restarts the group from the last committed checkpoint, and the steps after it are redone.
+    while True:
+        while step < stage.total_steps and not stop.requested:
+            stepped = topology.step()
+            if stepped is None:  # a stop request interrupted the wait for rollout groups
+                break
+            metrics, step = stepped, int(stepped["step"])
+            metrics_log.log(step, metrics, stage=stage.name)
+            if step % cfg.checkpoint.every_steps == 0:
+                step = last_checkpoint = topology.checkpoint()
+            if evals.periodic(step) and step < stage.total_steps:
+                evals.run(step)
+        if step > last_checkpoint or ckpt.latest(dirs.checkpoints(stage.name)) is None:
+            step = last_checkpoint = topology.checkpoint()
+        if step >= stage.total_steps or stop.requested:
             break
-        metrics, step = stepped, int(stepped["step"])
-        metrics_log.log(step, metrics, stage=stage.name)
-        if step % cfg.checkpoint.every_steps == 0:
-            topology.checkpoint()
-            last_checkpoint = step
-        if evals.periodic(step) and step < stage.total_steps:
-            evals.run(step)
-    if step > last_checkpoint or ckpt.latest(dirs.checkpoints(stage.name)) is None:
-        topology.checkpoint()
     if not stop.requested and evals.enabled:
         if step % cfg.weight_sync.every_steps:
             topology.push_weights(step)  # the engines evaluate the final weights

@@ -262,9 +262,17 @@ class Topology:
             "rows": rows,
         }
 
-    def checkpoint(self) -> None:
-        paths = collect([w.save_checkpoint.remote() for w in self.learners])
+    def checkpoint(self) -> int:
+        """Save a checkpoint on every rank; the learners' step afterwards. A rank that dies
+        while saving restarts the group from the last checkpoint that committed (this one if
+        it did): the step returned is then that checkpoint's, and the caller redoes the rest."""
+        try:
+            paths = collect([w.save_checkpoint.remote() for w in self.learners])
+        except LearnerDied as exc:
+            restart_learners(self, f"{exc} (while checkpointing)")
+            return self.step_now
         print(f"checkpoint: {paths[0]}", flush=True)
+        return self.step_now
 
     def rollout_metrics(self) -> dict[str, float]:
         """Actor stats summed (rates, counts) or averaged (means), plus the queue's lag."""
