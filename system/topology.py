@@ -270,8 +270,8 @@ class Topology:
             paths = collect([w.save_checkpoint.remote() for w in self.learners])
         except LearnerDied as exc:
             restart_learners(self, f"{exc} (while checkpointing)")
-            return self.step_now
-        print(f"checkpoint: {paths[0]}", flush=True)
+        else:
+            print(f"checkpoint: {paths[0]}", flush=True)
         return self.step_now
 
     def rollout_metrics(self) -> dict[str, float]:
