@@ -139,11 +139,13 @@ def engine_args(config: RunConfig, model_path: str | None = None, seed_offset: i
     dtype = config.model.dtype
     if dtype == "auto":
         dtype = "bfloat16" if gpu else "float32"
+    model = model_path or config.model.path
     return AsyncEngineArgs(
-        model=model_path or config.model.path,
+        model=model,
         dtype=dtype,
         tensor_parallel_size=rollout.tensor_parallel_size,
         gpu_memory_utilization=rollout.gpu_memory_utilization,
+        kv_cache_memory_bytes=kv_cache_size(config, model, dtype, gpu),
         max_model_len=rollout.max_model_len,
         enforce_eager=rollout.enforce_eager,
         seed=config.rollout_seed + seed_offset,
@@ -153,6 +155,24 @@ def engine_args(config: RunConfig, model_path: str | None = None, seed_offset: i
         enable_sleep_mode=gpu and config.resources.colocate,
         disable_log_stats=True,
         logprobs_mode="processed_logprobs",
+    )
+
+
+def kv_cache_size(config: RunConfig, model: str, dtype: str, gpu: bool) -> int | None:
+    """The engine's KV cache in bytes (actors.kv_cache): `rollout.kv_cache_gib` when set,
+    else on CPU the size the actor's batches need; None on GPU without it (vLLM sizes the
+    cache from `gpu_memory_utilization` of the device)."""
+    from actors.kv_cache import available_memory, concurrent_sequences, kv_budget, model_kv_shape
+
+    rollout = config.rollout
+    if gpu and rollout.kv_cache_gib is None:
+        return None
+    return kv_budget(
+        model_kv_shape(model, dtype),
+        rollout.max_model_len,
+        concurrent_sequences(rollout),
+        rollout.kv_cache_gib,
+        available_memory(),
     )
 
 

@@ -38,7 +38,7 @@ from actors.prompts import build_messages, render_prompt
 from actors.rewards import RewardTarget, has_signal, score_completion, temporal_contrast
 from actors.rewards.extract import THINK_OPEN
 from system.config import RunConfig
-from system.data import DataError, Record, resolve_video
+from system.data import DataError, Record, load_shard, resolve_video
 from system.protocol import RolloutGroup, RolloutSample
 from system.redis_server import retrying
 from system.video import DecodedVideo, VideoError, decode_video
@@ -147,12 +147,23 @@ def shuffled(video: tuple[np.ndarray, dict[str, Any]], seed: int) -> tuple[np.nd
 class RolloutActor:
     """Generates, scores and publishes groups for its shard of records (see module doc)."""
 
-    def __init__(self, config: RunConfig, records: Sequence[Record], index: int = 0) -> None:
-        if not records:
-            raise ValueError("a rollout actor needs at least one record")
+    def __init__(
+        self,
+        config: RunConfig,
+        index: int = 0,
+        count: int = 1,
+        records: Sequence[Record] | None = None,
+    ) -> None:
+        """Actor `index` of `count`: it reads its shard of `config.data.train` itself (a Ray
+        restart re-runs this from the same small arguments). `records` replaces the shard for
+        an actor built in-process (tests, benchmarks)."""
         from system.logs import configure
 
         configure()
+        if records is None:
+            records = load_shard(config.data, index, count)
+        if not records:
+            raise ValueError("a rollout actor needs at least one record")
         self.config = config
         self.records = [Record.model_validate(r) for r in records]
         self.index = index
@@ -456,10 +467,13 @@ class RolloutActor:
             self.engine = None
 
 
-def remote_rollout_actor(config: RunConfig, records: Sequence[Record], index: int = 0) -> Any:
-    """A `RolloutActor` on Ray with the configured restarts (a restarted actor re-runs
-    `__init__` and starts again on its next `step`, waiting for the current weights). The
-    Redis password variable is forwarded from the driver's environment, never written down."""
+def remote_rollout_actor(config: RunConfig, index: int = 0, count: int = 1) -> Any:
+    """Rollout actor `index` of `count` on Ray with the configured restarts (a restarted actor
+    re-runs `__init__` and starts again on its next `step`, waiting for the current weights).
+    Its arguments are small values Ray keeps in the actor's creation spec, never objects in
+    the object store that may be freed before a restart needs them; the actor reads its
+    records from the dataset files. The Redis password variable is forwarded from the
+    driver's environment, never written down."""
     import os
 
     import ray
@@ -472,4 +486,4 @@ def remote_rollout_actor(config: RunConfig, records: Sequence[Record], index: in
         num_gpus=config.resources.gpus_per_engine,
         max_concurrency=16,
         runtime_env={"env_vars": env},
-    ).remote(config, list(records), index)
+    ).remote(config, index, count)

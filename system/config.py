@@ -159,7 +159,14 @@ class RolloutConfig(_Section):
     tensor_parallel_size: int = Field(1, ge=1)
     """vLLM tensor parallelism per engine."""
     gpu_memory_utilization: float = Field(0.15, gt=0, le=1)
-    """vLLM memory share; on CPU, the share of host RAM for the KV cache (keep it low)."""
+    """Share of each GPU vLLM may use (weights, activations, KV cache). Not used on CPU,
+    where the KV cache is sized in bytes (`kv_cache_gib`)."""
+    kv_cache_gib: float | None = Field(None, gt=0)
+    """KV-cache size per engine (per GPU with tensor parallelism), in GiB. None: on CPU,
+    what one batch needs (prompts_per_batch x G sequences, plus the shuffled T-GRPO ones, of
+    max_model_len tokens at the model's KV bytes per token, +10 % + 64 MiB); on GPU, vLLM sizes
+    it from gpu_memory_utilization. Checked before the engine starts: it must hold one
+    sequence of max_model_len and fit the host's free memory."""
     max_model_len: int = Field(8192, ge=64)
     """Longest prompt + completion."""
     enforce_eager: bool = True

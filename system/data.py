@@ -196,6 +196,22 @@ def load_split(config: DataConfig, split: Literal["train", "eval"]) -> list[Data
     return [load_dataset(spec, config.problem_types) for spec in specs]
 
 
+def split_records(config: DataConfig, split: Literal["train", "eval"]) -> list[Record]:
+    """Every record of a split, dataset after dataset."""
+    return [r for ds in load_split(config, split) for r in ds.records]
+
+
+def load_shard(config: DataConfig, index: int, count: int) -> list[Record]:
+    """Shard `index` of `count` of the training records (every count-th from index): what a
+    rollout actor reads for itself, so that a restarted one rebuilds it from files alone."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index} of {count} does not exist")
+    records = split_records(config, "train")
+    if len(records) < count:
+        raise DataError(f"{len(records)} training records cannot feed {count} rollout engines")
+    return records[index::count]
+
+
 # --------------------------------------------------------------------------- importers
 # Each converter maps one item of a file to a native record dict, or to a string saying why
 # it is skipped (counted, not an error: e.g. image items in a video run). docs/data.md has

@@ -239,14 +239,13 @@ class Topology:
         import ray
 
         from actors.gating import default_tau
-        from system.data import load_split
+        from system.data import split_records
         from system.evaluation import summarize
 
         cfg = self.config
         if not self.actors or not cfg.data.eval:
             return None
-        records = [r for ds in load_split(cfg.data, "eval") for r in ds.records]
-        records = records[: cfg.eval.max_prompts]
+        records = split_records(cfg.data, "eval")[: cfg.eval.max_prompts]
         tau = default_tau(cfg.model.family, cfg.eval.tau)
         e, n = cfg.eval, len(self.actors)
         parts = ray.get([
@@ -406,16 +405,14 @@ class Topology:
         import ray
 
         from actors.rollout import remote_rollout_actor
-        from system.data import load_split
+        from system.data import load_shard
         from system.redis_server import connect
 
         cfg = self.config
         self.redis = connect(cfg.queue, password=self.backend.password)
-        records = [r for ds in load_split(cfg.data, "train") for r in ds.records]
         n = cfg.rollout.num_engines
-        if len(records) < n:
-            raise ValueError(f"{len(records)} training records cannot feed {n} rollout engines")
-        self.actors = [remote_rollout_actor(cfg, records[i::n], index=i) for i in range(n)]
+        load_shard(cfg.data, 0, n)  # refuses here, not in every actor, too few records
+        self.actors = [remote_rollout_actor(cfg, i, n) for i in range(n)]
         ray.get([a.start.remote() for a in self.actors])
 
     def new_sender(self, address: str, port: int) -> LazySender:

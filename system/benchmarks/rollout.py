@@ -70,7 +70,6 @@ def _config(model: Path, data: Path, redis_url: str, quick: bool) -> Any:
                 "group_size": 4,
                 "prompts_per_batch": 2 if quick else 4,
                 "max_model_len": 2048,
-                "gpu_memory_utilization": 0.05,
                 "filter_equal_rewards": False,
                 "max_staleness": 10**6,
                 "sampling": {"max_new_tokens": 16 if quick else 64},
@@ -86,7 +85,7 @@ def _throughput(loop: Any, engine: Any, config: Any, records: list, batches: int
     from actors.engine import EngineRequest
     from actors.rollout import RolloutActor
 
-    actor = RolloutActor(config, records)
+    actor = RolloutActor(config, records=records)
     _call(loop, actor.start(engine=engine))
     _call(loop, actor.step())  # warm-up (first video decode, first requests)
     ordered, _ = actor._specs()

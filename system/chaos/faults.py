@@ -70,6 +70,13 @@ class Fault:
         self.handled: float | None = None
         self.detail = ""
         self.checks: dict[str, Any] = {}
+        self.failure: str | None = None
+        """Why the system did not get past this fault (a recovery or the run failed)."""
+
+    def fail(self, reason: str) -> None:
+        """Record the first reason the system failed while this fault acted."""
+        if self.failure is None:
+            self.failure = reason
 
     def ready(self, scene: Scene, metrics: dict[str, float]) -> bool:
         return True

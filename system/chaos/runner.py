@@ -20,6 +20,7 @@ from system.chaos import FAULTS
 from system.chaos.faults import FAULT_CLASSES, Fault, Scene
 from system.chaos.ledger import Ledger, read_ledger
 from system.chaos.report import Row, totals
+from system.recovery import first_line
 
 GAP_STEPS = 2
 CHAOS_DEFAULTS = ["checkpoint.every_steps=2", "weight_sync.timeout_s=30"]
@@ -61,7 +62,10 @@ class Harness:
             return
         self.scene.steps.append((time.time(), dict(metrics)))
         for fault in self.injected:
-            fault.observe(self.scene, metrics)
+            try:
+                fault.observe(self.scene, metrics)
+            except Exception as exc:  # the fault's row fails with the reason; the run goes on
+                fault.fail(f"observing the system after it failed: {first_line(exc)}")
         self.since += 1
         if self.pending and self.since > GAP_STEPS and self.pending[0].ready(self.scene, metrics):
             fault = self.pending.pop(0)
@@ -138,6 +142,15 @@ def _train_through(config: str, overrides: list[str], harness: Harness) -> None:
                 fault.stopped(exc, harness.scene)
                 print(f"chaos: run stopped as expected ({exc})", flush=True)
                 return
+            except Exception as exc:
+                # A fault the system did not survive: its row fails with the reason and the
+                # ledger is still read; a failure before any injection is the run's own.
+                if not harness.injected:
+                    raise
+                fault = harness.injected[-1]
+                fault.fail(f"the run failed: {type(exc).__name__}: {first_line(exc)}")
+                print(f"chaos: the run failed after {fault.name}: {fault.failure}", flush=True)
+                return
 
 
 def _final_ledger(harness: Harness, config: str, overrides: list[str]) -> Ledger:
@@ -162,7 +175,10 @@ def _fault_rows(harness: Harness, ledger: Ledger) -> list[Row]:
     for i, fault in enumerate(faults):
         row = Row(fault.name, fault.number, injected=len(fault.injected_at))
         if not fault.injected_at:
-            row.detail = "not injected: the stage ended first"
+            failed = [f.name for f in harness.injected if f.failure]
+            row.detail = "not injected: " + (
+                f"the run failed after {failed[-1]}" if failed else "the stage ended first"
+            )
             rows.append(row)
             continue
         counts = ledger.window(starts[i], starts[i + 1])
@@ -175,8 +191,14 @@ def _fault_rows(harness: Harness, ledger: Ledger) -> list[Row]:
             row.recovery_s = round(after[0] - fault.injected_at[0], 1)
         elif fault.stops_run and handled is not None:
             row.recovery_s = round(handled - fault.injected_at[0], 1)
-        fault.check(row, ledger)
+        try:
+            fault.check(row, ledger)
+        except Exception as exc:
+            fault.fail(f"checking the fault's effects: {first_line(exc)}")
         row.ok = all(row.checks.values()) and row.lost == 0 and row.applied_twice == 0
+        if fault.failure is not None:
+            row.ok = False
+            row.detail = f"FAILED - {fault.failure}" + (f"; {row.detail}" if row.detail else "")
         rows.append(row)
     return rows
 

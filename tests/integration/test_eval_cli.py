@@ -16,7 +16,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = [
     "rollout.max_model_len=2048",
-    "rollout.gpu_memory_utilization=0.05",
     "video.num_frames=4",
     "video.max_frames=4",
     "video.max_video_tokens=64",

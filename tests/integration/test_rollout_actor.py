@@ -2,7 +2,8 @@
 videos and a real Redis stream: groups are published with G samples, one log-prob per token, rewards that the test
 recomputes from the token ids; a skipped (corrupt) video is counted; a gloo weight push from
 this process reaches the actor and later groups carry the new version; admission holds a
-batch while the actor is too far ahead of the learner."""
+batch while the actor is too far ahead of the learner; a killed actor is restarted by Ray from
+its creation arguments alone, waits for the run's weights, rejoins weight sync and publishes."""
 
 from __future__ import annotations
 
@@ -25,13 +26,13 @@ def free_port() -> int:
 
 
 def small_config(
-    family: str, model_path, data_root, queue_config, run: str, **rollout
+    family: str, model_path, data_root, train, queue_config, run: str, **rollout
 ) -> RunConfig:
     return RunConfig.model_validate(
         {
             "name": run,
             "model": {"path": str(model_path), "family": family},
-            "data": {"root": str(data_root)},
+            "data": {"root": str(data_root), "train": [{"path": str(train)}]},
             "video": {
                 "num_frames": 4,
                 "max_frames": 4,
@@ -43,7 +44,6 @@ def small_config(
                 "group_size": G,
                 "prompts_per_batch": 2,
                 "max_model_len": 2048,
-                "gpu_memory_utilization": 0.05,
                 "filter_equal_rewards": False,
                 "max_staleness": 100,
                 "sampling": {"max_new_tokens": 12},
@@ -74,15 +74,23 @@ def actor_setup(request, ray_local, redis_server, synthetic_dataset, tmp_path_fa
     os.environ[queue_config.password_env] = redis_server.password
     run = f"t{uuid.uuid4().hex[:10]}"
     records = load_records(synthetic_dataset / "train.jsonl", 3)
-    bad = tmp_path_factory.mktemp("bad") / "broken.mp4"
+    folder = tmp_path_factory.mktemp("shard")
+    bad = folder / "broken.mp4"
     bad.write_bytes(b"not a video at all")
     broken = records[0].model_copy(update={"id": "broken", "video": str(bad)})
+    # Padded past Ray's inline limit for arguments (100 KiB): a shard that size passed to
+    # the actor would sit in the object store, where a restart could not find it any more.
+    padding = [r.model_copy(update={"id": f"{r.id}-copy{i}"}) for i in range(400) for r in records]
+    train = folder / "train.jsonl"
+    rows = [*records, broken, *padding]
+    train.write_text("".join(r.model_dump_json() + "\n" for r in rows))
+    assert train.stat().st_size > 200 * 1024
     family = request.param
     model = tiny_model_path(family)
-    config = small_config(family, model, synthetic_dataset, queue_config, run)
+    config = small_config(family, model, synthetic_dataset, train, queue_config, run)
     from actors.rollout import remote_rollout_actor
 
-    actor = remote_rollout_actor(config, [*records, broken], index=0)
+    actor = remote_rollout_actor(config)
     ray_local.get(actor.start.remote(), timeout=600)
     yield ray_local, actor, config, records, model
     ray_local.get(actor.shutdown.remote())
@@ -141,9 +149,9 @@ def test_actor_publishes_scored_groups(actor_setup, redis_server):
     assert 0 <= stats["think_ratio"] <= 1 and stats["filter_rate"] == 0
 
 
-def test_weight_push_reaches_actor_and_later_groups(actor_setup, redis_server):
-    from transformers import AutoModelForImageTextToText
-
+def push(actor, model, version: int) -> None:
+    """The model's weights to the actor's engine as `version`, over a new gloo group, in
+    small buckets (the version travels as several update_weights calls)."""
     from actors.weight_transfer.sender import (
         GlooRolloutSender,
         RayEngineClient,
@@ -151,15 +159,20 @@ def test_weight_push_reaches_actor_and_later_groups(actor_setup, redis_server):
         push_weights,
     )
 
+    sender = GlooRolloutSender([RayEngineClient(actor)], "127.0.0.1", free_port(), 30.0)
+    sender.connect()
+    push_weights(sender, named_parameters(model), version=version, bucket_bytes=1 << 20)
+    sender.close()
+
+
+def test_weight_push_reaches_actor_and_later_groups(actor_setup, redis_server):
+    from transformers import AutoModelForImageTextToText
+
     ray, actor, config, _, path = actor_setup
     model = AutoModelForImageTextToText.from_pretrained(path)
     with torch.no_grad():
         model.lm_head.weight.mul_(1.5)
-    sender = GlooRolloutSender([RayEngineClient(actor)], "127.0.0.1", free_port(), 30.0)
-    sender.connect()
-    # Small buckets: the version travels as several update_weights calls.
-    push_weights(sender, named_parameters(model), version=1, bucket_bytes=1 << 20)
-    sender.close()
+    push(actor, model, version=1)
     assert ray.get(actor.weight_version.remote()) == 1
     assert ray.get(actor.step.remote(), timeout=600) >= 1
     later = consume_all(redis_server, config, 1)
@@ -185,4 +198,43 @@ def test_admission_waits_for_the_learner(actor_setup, redis_server):
     assert not ray.get(actor.admitted.remote())
     client.set(key, 10**6)
     assert ray.get(actor.admitted.remote())
+    client.close()
+
+
+def test_killed_actor_restarts_from_its_arguments(actor_setup, redis_server):
+    """After the driver let go of all it passed at creation, a SIGKILLed actor comes back
+    (Ray re-runs its constructor), publishes nothing until the run's current weights reach it
+    over a new weight-sync group, then publishes groups of that version."""
+    import gc
+    import os
+    import signal
+    import time
+
+    from transformers import AutoModelForImageTextToText
+
+    from actors.rollout import publish_weights_version
+
+    ray, actor, config, _, path = actor_setup
+    gc.collect()
+    time.sleep(1.0)  # Ray's owner releases a creation task's arguments once it has run
+    client = redis_server.client()
+    publish_weights_version(client, config.queue.stream_prefix, config.name, 2)
+    pid = ray.get(actor.__ray_call__.remote(lambda _: os.getpid()))
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 600
+    while True:
+        try:
+            required = ray.get(actor.start.remote(), timeout=600)
+            break
+        except ray.exceptions.ActorUnavailableError:
+            assert time.monotonic() < deadline, "the killed actor did not come back"
+            time.sleep(1.0)
+    assert ray.get(actor.__ray_call__.remote(lambda _: os.getpid())) != pid
+    assert required == 2 and ray.get(actor.weight_version.remote()) == 0
+    assert not ray.get(actor.admitted.remote())  # old weights: nothing may be published
+    push(actor, AutoModelForImageTextToText.from_pretrained(path), version=2)
+    assert ray.get(actor.weight_version.remote()) == 2
+    assert ray.get(actor.step.remote(), timeout=600) >= 1
+    later = consume_all(redis_server, config, 1)
+    assert later and all(g.weight_version == 2 for g in later)
     client.close()

@@ -45,7 +45,7 @@ def engine(tiny_qwen2_5_vl):
     config = RunConfig.model_validate(
         {
             "model": {"path": str(tiny_qwen2_5_vl)},
-            "rollout": {"max_model_len": 1024, "gpu_memory_utilization": 0.05},
+            "rollout": {"max_model_len": 1024},
         }
     )
     loop = asyncio.new_event_loop()

@@ -59,7 +59,7 @@ def actor_for(tiny_qwen2_5_vl, synthetic_dataset, engine, **rollout) -> RolloutA
         for _, item in read_items(synthetic_dataset / "train.jsonl")
         if item["answer"] == "D"
     )
-    actor = RolloutActor(config, [record])
+    actor = RolloutActor(config, records=[record])
     actor.engine = engine
     actor.processor = AutoProcessor.from_pretrained(tiny_qwen2_5_vl)
     return actor
