@@ -3,6 +3,7 @@ configs are refused with the dotted field path."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,10 @@ def test_every_shipped_config_loads(path):
     assert isinstance(config, RunConfig)
     for i in range(len(config.stages)):
         assert config.for_stage(i).stages[0].name == config.stages[i].name
+    # A restartable actor's constructor arguments (the config and small integers) must stay
+    # inline in Ray's creation spec (under 100 KiB); a larger one goes to the object store,
+    # which may free it before a restart needs it.
+    assert len(pickle.dumps(config)) < 100 * 1024
 
 
 def test_videoauto_r1_recipes_carry_the_paper_settings():
