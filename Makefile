@@ -20,6 +20,7 @@ test-fast: setup
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit/test_layers.py
 
 format: setup
 	.venv/bin/ruff format .

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from system.config import RunConfig
-from system.video import VISION_PLACEHOLDERS
+from system.data.video import VISION_PLACEHOLDERS
 
 log = logging.getLogger("reelrl.engine")
 
@@ -132,7 +132,7 @@ def engine_args(config: RunConfig, model_path: str | None = None, seed_offset: i
     from vllm.config import WeightTransferConfig
     from vllm.engine.arg_utils import AsyncEngineArgs
 
-    from system.video import processor_kwargs
+    from system.data.video import processor_kwargs
 
     rollout = config.rollout
     gpu = on_gpu()

@@ -34,14 +34,13 @@ from typing import Any
 import numpy as np
 
 from actors.engine import EngineRequest, Generation, RolloutEngine, SampleSpec
-from actors.prompts import build_messages, render_prompt
-from actors.rewards import RewardTarget, has_signal, score_completion, temporal_contrast
+from actors.inputs import Prompt, prepare
+from actors.rewards import has_signal, score_completion, temporal_contrast
 from actors.rewards.extract import THINK_OPEN
 from system.config import RunConfig
-from system.data import DataError, Record, load_shard, resolve_video
-from system.protocol import RolloutGroup, RolloutSample
-from system.redis_server import retrying
-from system.video import DecodedVideo, VideoError, decode_video
+from system.data.records import Record, load_shard
+from system.transport.protocol import RolloutGroup, RolloutSample
+from system.transport.redis_server import retrying
 
 log = logging.getLogger("reelrl.rollout")
 
@@ -69,16 +68,6 @@ def may_start_batch(
     """Admission: another batch may start while the groups published so far are all needed
     by the learner's next `max_staleness + 1` steps."""
     return published < (learner_version + max_staleness + 1) * groups_per_step
-
-
-@dataclass
-class Prompt:
-    """A record ready to generate for: decoded video, rendered prompt, reward target."""
-
-    record: Record
-    video: DecodedVideo
-    text: str
-    target: RewardTarget
 
 
 @dataclass
@@ -125,18 +114,6 @@ class RolloutStats:
         }
 
 
-def reward_target(record: Record) -> RewardTarget:
-    """What a record's completions are graded against (times relative to its clip)."""
-    return RewardTarget.from_fields(
-        record.problem_type,
-        record.answer,
-        options=record.options,
-        spans=record.spans,
-        phases=[p.model_dump() for p in record.phases or []],
-        time_offset=record.span[0] if record.span else 0.0,
-    )
-
-
 def shuffled(video: tuple[np.ndarray, dict[str, Any]], seed: int) -> tuple[np.ndarray, dict]:
     """The same video input with its frames in a random order (T-GRPO)."""
     frames, meta = video
@@ -157,7 +134,7 @@ class RolloutActor:
         """Actor `index` of `count`: it reads its shard of `config.data.train` itself (a Ray
         restart re-runs this from the same small arguments). `records` replaces the shard for
         an actor built in-process (tests, benchmarks)."""
-        from system.logs import configure
+        from system.config.logs import configure
 
         configure()
         if records is None:
@@ -186,8 +163,8 @@ class RolloutActor:
         from transformers import AutoProcessor
 
         from actors.engine import VLLMEngine
-        from system.queue import RolloutQueue
-        from system.redis_server import connect
+        from system.transport.queue import RolloutQueue
+        from system.transport.redis_server import connect
 
         cfg = self.config
         self.processor = AutoProcessor.from_pretrained(cfg.model.path)
@@ -276,23 +253,8 @@ class RolloutActor:
         return picked
 
     def _prepare(self, records: list[Record]) -> list[Prompt]:
-        cfg = self.config
-        prompts = []
-        for record in records:
-            start, end = record.span or (None, None)
-            try:
-                video = decode_video(
-                    resolve_video(record, cfg.data.root), cfg.video, cfg.model.family, start, end
-                )
-            except (VideoError, DataError) as exc:
-                log.warning("skipping record %s: %s", record.id, exc)
-                self.stats_.skipped_videos += 1
-                continue
-            messages = build_messages(
-                record.question, record.problem_type, cfg.rewards.format, record.options or ()
-            )
-            text = render_prompt(self.processor, messages)
-            prompts.append(Prompt(record, video, text, reward_target(record)))
+        prompts, skipped = prepare(records, self.config, self.processor, self.config.rewards.format)
+        self.stats_.skipped_videos += skipped
         return prompts
 
     def _specs(self) -> tuple[SampleSpec, SampleSpec]:
@@ -406,9 +368,10 @@ class RolloutActor:
         first_max_tokens: int = 64,
         think_max_tokens: int = 512,
     ) -> dict[str, Any]:
-        """Held-out evaluation with the engine's current weights (system.evaluation): greedy,
-        in the given inference modes; generation for training goes on alongside."""
-        from system.evaluation import evaluate
+        """Held-out evaluation with the engine's current weights (actors.evaluation): greedy,
+        in the given inference modes, graded rows; generation for training goes on
+        alongside."""
+        from actors.evaluation import evaluate
 
         await self.start()
         report = await evaluate(

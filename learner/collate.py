@@ -3,7 +3,7 @@ of video + text sequences.
 
 A group carries its prompt exactly as the rollout engine tokenised it — the video placeholder
 already expanded to N `<|video_pad|>` tokens — and a `VisionRef`. The learner re-decodes the
-frames with `system.video.decode_ref` (hash-checked), runs the processor's video path on them
+frames with `system.data.video.decode_ref` (hash-checked), runs the processor's video path on them
 (`processor_kwargs()`: no resampling, no resizing) to get `pixel_values_videos`,
 `video_grid_thw` (and Qwen2.5-VL's `second_per_grid_ts`), and checks that the prompt's pad
 count equals both `grid.prod() / merge²` and the reference's predicted token count. Any
@@ -23,14 +23,14 @@ import torch
 
 from learner.positions import mrope_positions
 from system.config import Family
-from system.protocol import RolloutGroup, VisionRef
-from system.video import (
+from system.data.video import (
     SPATIAL_MERGE,
     VISION_PLACEHOLDERS,
     VideoError,
     decode_ref,
     processor_kwargs,
 )
+from system.transport.protocol import RolloutGroup, VisionRef
 
 VIDEO_PAD = "<|video_pad|>"
 _PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"

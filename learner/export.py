@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from learner.engine import all_reduce
-from system.weight_sync import (
+from system.transport.weight_sync import (
     BucketPacker,
     Deadline,
     WeightSender,

@@ -2,8 +2,8 @@
 SFT loss (negative log-likelihood of the completion tokens only).
 
 Used by the progressive stages 1 (text reasoning) and 2 (video SFT). An example is a dataset
-record (system.data) rendered into the same chat prompt the rollout actors use
-(actors.prompts), its video decoded under the run's budget (system.video), and a target
+record (system.data.records) rendered into the same chat prompt the rollout actors use
+(actors.prompts), its video decoded under the run's budget (system.data.video), and a target
 completion text in the run's output format — e.g. answer-twice:
 `\\boxed{A}<think>...</think>\\boxed{A}` — followed by the end-of-turn token. The sequences go
 through the same collation, engine, checkpoint and export code as GRPO; only the loss differs.
@@ -19,8 +19,8 @@ from actors.prompts import OutputFormat, build_messages, render_prompt
 from learner.collate import Collator, Sequence
 from learner.grpo import aggregate, token_logprobs
 from system.config import VideoConfig
-from system.data import Record, resolve_video
-from system.video import DecodedVideo, decode_video, processor_kwargs
+from system.data.records import Record, resolve_video
+from system.data.video import DecodedVideo, decode_video, processor_kwargs
 
 END_OF_TURN = "<|im_end|>"
 

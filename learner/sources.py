@@ -23,8 +23,8 @@ from learner.collate import Collator, GroupRejected, Sequence
 from learner.grpo import group_advantages
 from learner.sft import sft_sequence, sft_target
 from system.config import VideoConfig
-from system.data import MixState, RecordMixer
-from system.queue import RolloutQueue
+from system.data.records import MixState, RecordMixer
+from system.transport.queue import RolloutQueue
 
 log = logging.getLogger("reelrl.learner")
 

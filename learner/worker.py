@@ -38,16 +38,13 @@ from learner.export import export_weights, save_hf
 from learner.grpo import token_logprobs
 from learner.objectives import GRPOObjective, Objective, SFTObjective, StepTotals
 from learner.sources import BatchSource, QueueSource, RecordSource
-from system import checkpoint as ckpt
-from system.checkpoint import CheckpointError, TrainingState
 from system.config import RunConfig
-from system.weight_sync import BucketPacker, WeightSender
+from system.config.errors import NonFiniteError
+from system.transport import checkpoint as ckpt
+from system.transport.checkpoint import CheckpointError, TrainingState
+from system.transport.weight_sync import BucketPacker, WeightSender
 
 log = logging.getLogger("reelrl.learner")
-
-
-class NonFiniteError(RuntimeError):
-    """Too many consecutive steps had a non-finite loss or gradient norm."""
 
 
 class LearnerWorker:
@@ -68,7 +65,7 @@ class LearnerWorker:
     ) -> None:
         from transformers import AutoProcessor
 
-        from system.logs import configure
+        from system.config.logs import configure
 
         configure()
         self.config = config
@@ -121,15 +118,15 @@ class LearnerWorker:
     def _default_source(self, algorithm: str) -> BatchSource:
         c = self.config
         if algorithm == "grpo":
-            from system.queue import RolloutQueue
-            from system.redis_server import connect
+            from system.transport.queue import RolloutQueue
+            from system.transport.redis_server import connect
 
             queue = RolloutQueue(connect(c.queue), c.name, c.queue, consumer=f"rank{self.rank}")
             return QueueSource(
                 queue, self.collator, c.learner.grpo.scale_by_std, c.rollout.max_staleness,
                 c.queue.block_ms,
             )  # fmt: skip
-        from system.data import RecordMixer, load_split
+        from system.data.records import RecordMixer, load_split
 
         mixer = RecordMixer(load_split(c.data, "train"), c.data_seed)
         return RecordSource(

@@ -55,7 +55,7 @@ def register() -> None:
     """
     from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
 
-    from system.logs import configure
+    from system.config.logs import configure
 
     configure()
     with contextlib.suppress(ValueError):  # already registered in this process

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Protocol
 
-from system.weight_sync import Bucket, BucketEntry, Layout, WeightSyncError
+from system.transport.weight_sync import Bucket, BucketEntry, Layout, WeightSyncError
 
 
 class WeightSyncClient(Protocol):

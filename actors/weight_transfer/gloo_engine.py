@@ -3,7 +3,7 @@ gloo process group, for vLLM on CPU.
 
 The trainer (rank 0) and every vLLM worker (ranks `rank_offset + worker rank`) form a gloo
 group of their own, outside vLLM's default group, rendezvousing on the trainer's TCPStore.
-A version is the packed buckets of `system.weight_sync` broadcast from rank 0, announced to
+A version is the packed buckets of `system.transport.weight_sync` broadcast from rank 0, announced to
 the engine by `update_weights` calls (one or more buckets each: the sender announces a whole
 version at once when it knows its layout). Every bucket is received into staging first (into
 the previous update's buffers, so a steady run allocates nothing); the model is loaded from
@@ -32,7 +32,7 @@ from vllm.distributed.weight_transfer.base import (
 )
 
 from actors.weight_transfer.reload import ModelReloader
-from system.weight_sync import Bucket, BucketEntry, unpack_bucket
+from system.transport.weight_sync import Bucket, BucketEntry, unpack_bucket
 
 log = logging.getLogger("reelrl.weight_transfer")
 
@@ -59,7 +59,7 @@ class GlooInitInfo(WeightTransferInitInfo):
 @dataclass
 class GlooUpdateInfo(WeightTransferUpdateInfo):
     """One or more packed buckets that follow on the group, in order: each is the manifest of
-    `system.weight_sync.Bucket` and the byte size of its packed tensor."""
+    `system.transport.weight_sync.Bucket` and the byte size of its packed tensor."""
 
     buckets: list[dict[str, Any]]
     version: int = -1

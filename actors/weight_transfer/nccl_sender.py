@@ -9,7 +9,7 @@ as one broadcast from rank 0. Our packed buckets therefore travel to the GPU onc
 are broadcast as views, parameter by parameter; given the version's layout the whole version
 is announced in one `update_weights` (see `control.BucketStream`). NCCL calls cannot be
 interrupted: the learner bounds every sender call with its own deadline
-(`system.weight_sync.Deadline`), and a broken group is replaced by reconnecting.
+(`system.transport.weight_sync.Deadline`), and a broken group is replaced by reconnecting.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from actors.weight_transfer.control import BucketStream, EngineFanout, WeightSyncClient
-from system.weight_sync import Bucket, BucketEntry, Layout, WeightSyncError, unpack_bucket
+from system.transport.weight_sync import Bucket, BucketEntry, Layout, WeightSyncError, unpack_bucket
 
 BACKEND = "nccl"
 

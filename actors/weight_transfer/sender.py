@@ -1,7 +1,7 @@
 """The trainer side of the gloo weight transfer: push a version of the policy to every vLLM
 engine on CPU (the engines' clients and the announce / send order are in `control`).
 
-`GlooRolloutSender` implements the learner's `system.weight_sync.WeightSender` over gloo: it
+`GlooRolloutSender` implements the learner's `system.transport.weight_sync.WeightSender` over gloo: it
 hosts the group's store as rank 0; given the version's layout it announces every bucket to
 the engines in one `update_weights` (in the background, between vLLM's start and finish) and
 then only broadcasts the bytes, bucket after bucket; without a layout it announces each
@@ -28,7 +28,7 @@ from actors.weight_transfer.control import (
     WeightSyncClient,
 )
 from actors.weight_transfer.gloo_engine import GlooInitInfo, broadcast, open_group, open_store
-from system.weight_sync import (
+from system.transport.weight_sync import (
     Bucket,
     BucketEntry,
     BucketPacker,

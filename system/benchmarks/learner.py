@@ -45,7 +45,7 @@ class SinkSender:
 
 
 def _build_model(size: str, out: Path) -> Path:
-    from system import tiny_model
+    from system.data import tiny_model
 
     if size == "3b" and "3b" not in tiny_model.SIZES:
         tiny_model.SIZES["3b"] = tiny_model.TinySpec(*SIZE_3B)
@@ -59,9 +59,9 @@ def _groups(model: Path, data: Path, n: int, run: str) -> list[Any]:
 
     from learner.sft import encode_prompt
     from system.config import VideoConfig
-    from system.data import Record
-    from system.protocol import RolloutGroup, RolloutSample
-    from system.video import decode_video
+    from system.data.records import Record
+    from system.data.video import decode_video
+    from system.transport.protocol import RolloutGroup, RolloutSample
 
     budget = VideoConfig(num_frames=4, max_frames=4, max_video_tokens=64, min_pixels=3136)
     processor = AutoProcessor.from_pretrained(model)
@@ -120,9 +120,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     world = 2 if not torch.cuda.is_available() else max(1, min(2, torch.cuda.device_count()))
     steps = 3 if args.quick else 6
     from system.config import QueueConfig
-    from system.queue import RolloutQueue
-    from system.redis_server import EmbeddedRedis
-    from system.synthetic import generate
+    from system.data.synthetic import generate
+    from system.transport.queue import RolloutQueue
+    from system.transport.redis_server import EmbeddedRedis
 
     cache = Path("runs/bench")
     model = _build_model(size, cache / f"learner-qwen2_5_vl-{size}")
@@ -160,7 +160,7 @@ def _config(qc: Any, world: int) -> dict[str, Any]:
 
 def _spawn(spec: dict[str, Any], world: int, out: Path) -> list[dict[str, float]]:
     ctx = mp.get_context("spawn")
-    from system.redis_server import free_port
+    from system.transport.redis_server import free_port
 
     port = free_port()
     procs = [ctx.Process(target=_rank, args=(r, world, port, spec, str(out))) for r in range(world)]

@@ -23,7 +23,7 @@ G, COMPLETION, PROMPT, FRAMES = 8, 512, 2048, 64
 
 def realistic_group(seed: int = 0) -> Any:
     """A group shaped like a real rollout: G=8 x 512 tokens, 2k-token prompt, 64 frames."""
-    from system.protocol import RolloutGroup, RolloutSample, VisionRef
+    from system.transport.protocol import RolloutGroup, RolloutSample, VisionRef
 
     rng = np.random.default_rng(seed)
     samples = [
@@ -76,7 +76,7 @@ def _per_call(fn: Callable[[], Any], n: int, repeats: int) -> float:
 
 
 def bench_codec(n: int, repeats: int) -> dict[str, float]:
-    from system.protocol import decode_group, encode_group
+    from system.transport.protocol import decode_group, encode_group
 
     group = realistic_group()
     data = encode_group(group)
@@ -97,9 +97,9 @@ def bench_queue(server: Any, n: int, chunk: int = 50) -> dict[str, float]:
     """The three loops run interleaved in chunks, so load from other processes on the machine
     falls on all of them alike."""
     from system.config import QueueConfig
-    from system.protocol import decode_group, encode_group
-    from system.queue import RolloutQueue
-    from system.redis_server import connect
+    from system.transport.protocol import decode_group, encode_group
+    from system.transport.queue import RolloutQueue
+    from system.transport.redis_server import connect
 
     config = QueueConfig(url=server.url, block_ms=1000)
     warm = chunk
@@ -150,7 +150,7 @@ def bench_queue(server: Any, n: int, chunk: int = 50) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from system.redis_server import EmbeddedRedis
+    from system.transport.redis_server import EmbeddedRedis
 
     codec_n, repeats, loop_n = (200, 3, 300) if args.quick else (2000, 5, 3000)
     codec = bench_codec(codec_n, repeats)

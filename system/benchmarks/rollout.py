@@ -159,7 +159,7 @@ def _weight_update(loop: Any, engine: Any, model_path: Path, rounds: int) -> dic
         named_parameters,
         push_weights,
     )
-    from system.weight_sync import BucketPacker, pack_bucket, plan_buckets
+    from system.transport.weight_sync import BucketPacker, pack_bucket, plan_buckets
 
     named = named_parameters(AutoModelForImageTextToText.from_pretrained(model_path))
     bucket_bytes = 64 << 20
@@ -202,10 +202,10 @@ def _weight_update(loop: Any, engine: Any, model_path: Path, rounds: int) -> dic
 
 
 def run(args: argparse.Namespace) -> dict:
-    from system.data import Record, read_items
-    from system.redis_server import EmbeddedRedis
-    from system.synthetic import generate
-    from system.tiny_model import build_tiny_model
+    from system.data.records import Record, read_items
+    from system.data.synthetic import generate
+    from system.data.tiny_model import build_tiny_model
+    from system.transport.redis_server import EmbeddedRedis
 
     quick = bool(getattr(args, "quick", False))
     work = Path(tempfile.mkdtemp(prefix="reelrl-bench-rollout-"))

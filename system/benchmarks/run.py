@@ -22,8 +22,8 @@ MODES = {
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from system.driver import train
-    from system.metrics import read_metrics
+    from system.orchestration.driver import train
+    from system.reporting.metrics import read_metrics
 
     steps = 4 if args.quick else 10
     common = [

@@ -1,6 +1,6 @@
 """`reelrl bench video`: time to turn one video into budgeted model input.
 
-Measures system.video.decode_video (decord: seek to the keyframe before each wanted frame,
+Measures system.data.video.decode_video (decord: seek to the keyframe before each wanted frame,
 convert only wanted frames, scale inside the decoder) for 16, 64 and 256 frames of a 60 s
 720p clip, against a PyAV baseline that decodes every frame and keeps the wanted ones (each
 converted and scaled to the same size). The clip is generated once and cached under
@@ -24,7 +24,7 @@ FAMILY = "qwen2_5_vl"
 def make_clip(path: Path, seconds: int, fps: int = 30, height: int = 720, width: int = 1280):
     """A clip that decodes like camera footage: a slow pan over a fixed textured scene, a
     moving object, and light per-frame sensor noise (so frames carry real residuals)."""
-    from system.synthetic import write_mp4
+    from system.data.synthetic import write_mp4
 
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -77,7 +77,7 @@ def _median_ms(fn, repeats: int) -> tuple[float, Any]:
 
 def run(args: argparse.Namespace) -> dict:
     from system.config import VideoConfig
-    from system.video import decode_video
+    from system.data.video import decode_video
 
     seconds = 20 if args.quick else 60
     repeats = 1 if args.quick else 3

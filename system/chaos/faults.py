@@ -47,7 +47,7 @@ class Scene:
         return path
 
     def actor_stats(self) -> list[dict[str, float]]:
-        from system.recovery import actor_stats
+        from system.orchestration.recovery import actor_stats
 
         return actor_stats(self.topology.actors)
 
@@ -372,7 +372,7 @@ class Poison(Fault):
     name, number = "poison", 6
 
     def ready(self, scene: Scene, metrics: dict[str, float]) -> bool:
-        from system.queue import read_stats
+        from system.transport.queue import read_stats
 
         cfg = scene.config
         waiting = read_stats(scene.topology.redis, cfg.queue, cfg.name)["undelivered"]
@@ -382,8 +382,8 @@ class Poison(Fault):
         return soon and self._template(scene) is not None
 
     def _template(self, scene: Scene) -> Any:
-        from system.protocol import ProtocolError, decode_group
-        from system.queue import QueueKeys
+        from system.transport.protocol import ProtocolError, decode_group
+        from system.transport.queue import QueueKeys
 
         cfg = scene.config
         keys = QueueKeys.of(cfg.queue.stream_prefix, cfg.name)
@@ -397,7 +397,7 @@ class Poison(Fault):
     def inject(self, scene: Scene) -> None:
         import ray
 
-        from system.queue import QueueKeys, RolloutQueue
+        from system.transport.queue import QueueKeys, RolloutQueue
 
         cfg, client = scene.config, scene.topology.redis
         corrupt = scene.chaos_dir() / "corrupt.mp4"
@@ -465,7 +465,7 @@ def _record_of(scene: Scene) -> dict[str, Any]:
 
 
 def _records(rows: list[dict[str, Any]]) -> list[Any]:
-    from system.data import Record
+    from system.data.records import Record
 
     return [Record.model_validate(r) for r in rows]
 
@@ -560,14 +560,14 @@ class CheckpointUnwritable(Fault):
     stops_run = True
 
     def ready(self, scene: Scene, metrics: dict[str, float]) -> bool:
-        from system.checkpoint import latest
+        from system.transport.checkpoint import latest
 
         every = scene.config.checkpoint.every_steps
         real = scene.run_dir / "stages" / scene.topology.stage.name / "checkpoints"
         return int(metrics["step"]) % every == 0 and latest(real) is not None
 
     def inject(self, scene: Scene) -> None:
-        from system.checkpoint import latest, step_dir_name
+        from system.transport.checkpoint import latest, step_dir_name
 
         self.real = scene.run_dir / "stages" / scene.topology.stage.name / "checkpoints"
         self.previous = latest(self.real)
@@ -579,7 +579,7 @@ class CheckpointUnwritable(Fault):
         self.blocker.write_text("a file where the checkpoint's directory must be\n")
 
     def stopped(self, exc: BaseException, scene: Scene) -> None:
-        from system.checkpoint import latest, read_state
+        from system.transport.checkpoint import latest, read_state
 
         self.error = str(exc).splitlines()[0]
         self.blocker.unlink()  # what the operator fixes before --resume

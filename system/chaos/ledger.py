@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from system.accounting import POISON_REASONS
-from system.checkpoint import CheckpointError, latest, read_state
 from system.config import QueueConfig
-from system.protocol import ProtocolError, decode_group
-from system.queue import QueueKeys
+from system.reporting.accounting import POISON_REASONS
+from system.transport.checkpoint import CheckpointError, latest, read_state
+from system.transport.protocol import ProtocolError, decode_group
+from system.transport.queue import QueueKeys
 
 
 @dataclass

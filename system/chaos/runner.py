@@ -1,6 +1,6 @@
 """The chaos harness: run a config's stages through the real driver while injecting faults.
 
-`run_chaos` checks the bad inputs first (fault 9), then calls `system.driver.train` with a
+`run_chaos` checks the bad inputs first (fault 9), then calls `system.orchestration.driver.train` with a
 `Harness` observing every stage. In the first GRPO stage the harness injects the selected
 faults in order, one every `GAP_STEPS` learner steps. A fault that stops the run (an
 unwritable checkpoint) is followed by `train(..., resume=run_dir)`, as an operator would;
@@ -20,7 +20,7 @@ from system.chaos import FAULTS
 from system.chaos.faults import FAULT_CLASSES, Fault, Scene
 from system.chaos.ledger import Ledger, read_ledger
 from system.chaos.report import Row, totals
-from system.recovery import first_line
+from system.orchestration.recovery import first_line
 
 GAP_STEPS = 2
 CHAOS_DEFAULTS = ["checkpoint.every_steps=2", "weight_sync.timeout_s=30"]
@@ -117,10 +117,9 @@ def _grpo_stage(config: Any, faults: int) -> str:
 
 def _train_through(config: str, overrides: list[str], harness: Harness) -> None:
     """`train`, resumed after a fault that stops it; `nan_stop` ends it."""
-    from learner.worker import NonFiniteError
-    from system.checkpoint import CheckpointError
-    from system.driver import train
-    from system.topology import observing
+    from system.config.errors import CheckpointError, NonFiniteError
+    from system.orchestration.driver import train
+    from system.orchestration.topology import observing
 
     resume: str | None = None
     with observing(harness):
@@ -156,7 +155,7 @@ def _train_through(config: str, overrides: list[str], harness: Harness) -> None:
 def _final_ledger(harness: Harness, config: str, overrides: list[str]) -> Ledger:
     """The ledger, read from the run's Redis started again on its AOF."""
     from system.config import load_config
-    from system.redis_server import EmbeddedRedis, connect
+    from system.transport.redis_server import EmbeddedRedis, connect
 
     run_dir = harness.scene.run_dir
     cfg = load_config(config, overrides)

@@ -32,7 +32,7 @@ def _run(args: argparse.Namespace) -> int:
     from system.chaos.runner import ChaosError, run_chaos, select
     from system.cli import UserError
     from system.config import ConfigError, load_config
-    from system.runtime import RunSetupError
+    from system.orchestration.runtime import RunSetupError
 
     try:
         names = select([n.strip() for n in args.faults.split(",")] if args.faults else None)

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _show(args: argparse.Namespace) -> int:
     from system.cli import UserError
-    from system.config import ConfigError, dump_config, load_config
+    from system.config import ConfigError, dump_config, load_config, stage_config
 
     try:
         config = load_config(args.config, args.overrides)
@@ -32,6 +32,6 @@ def _show(args: argparse.Namespace) -> int:
             index = int(args.stage)
         else:
             raise UserError(f"--stage {args.stage!r}: no such stage; stages are {names}")
-        config = config.for_stage(index)
+        config = stage_config(config, index)
     print(dump_config(config), end="")
     return 0

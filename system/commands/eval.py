@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def load_run_config(args: argparse.Namespace):
     """The run config of an eval/infer command: YAML (or defaults) + overrides + flags."""
     from system.config import RunConfig, load_config, parse_override
-    from system.evaluation import model_family
+    from system.config.loading import model_family
 
     overrides = list(args.overrides or [])
     if args.config and "=" in args.config:  # no YAML given, only overrides
@@ -66,7 +66,9 @@ def _run(args: argparse.Namespace) -> int:
     if not paths:
         raise UserError("no held-out data: pass --data JSONL or set data.eval in the config")
     report = asyncio.run(_evaluate(config, args, paths))
-    from system.evaluation import print_table
+    from system.reporting.evaluation import print_table, summarize
+
+    report["modes"] = summarize(report["rows"], args.modes or list(config.eval.modes))
 
     print_table(report)
     if args.json:
@@ -78,10 +80,10 @@ async def _evaluate(config, args: argparse.Namespace, paths: list[str]) -> dict:
     from transformers import AutoProcessor
 
     from actors.engine import VLLMEngine
+    from actors.evaluation import evaluate
     from actors.gating import default_tau
     from system.config import DatasetSpec
-    from system.data import load_dataset
-    from system.evaluation import evaluate
+    from system.data.records import load_dataset
 
     records = [r for p in paths for r in load_dataset(DatasetSpec(path=p)).records]
     records = records[: args.max_prompts or config.eval.max_prompts]

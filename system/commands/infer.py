@@ -42,7 +42,7 @@ async def _infer(config, args: argparse.Namespace):
     from actors.engine import EngineRequest, VLLMEngine
     from actors.gating import GatedInference, default_tau
     from actors.prompts import build_messages, render_prompt
-    from system.video import decode_video
+    from system.data.video import decode_video
 
     tau = default_tau(config.model.family, args.tau)
     processor = AutoProcessor.from_pretrained(config.model.path)

@@ -42,8 +42,8 @@ def _stats(args: argparse.Namespace) -> int:
 
     from system.cli import UserError
     from system.config import QueueConfig
-    from system.queue import rates, read_stats
-    from system.redis_server import RedisConnectError, connect
+    from system.transport.queue import rates, read_stats
+    from system.transport.redis_server import RedisConnectError, connect
 
     if args.interval < 0:
         raise UserError(f"--interval must be >= 0, got {args.interval}")

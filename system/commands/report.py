@@ -20,7 +20,7 @@ def _run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
-    from system.report import write_report
+    from system.reporting.report import write_report
 
     table = write_report(run_dir)
     print(table or "no GRPO stage was evaluated before and after training")

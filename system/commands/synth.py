@@ -30,7 +30,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     import time
 
-    from system.synthetic import generate
+    from system.data.synthetic import generate
 
     began = time.perf_counter()
     manifest = generate(args.out, args.n, n_eval, args.seed, args.text)

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from system.tiny_model import build_tiny_model
+    from system.data.tiny_model import build_tiny_model
 
     summary = build_tiny_model(args.family, args.out, size=args.size, seed=args.seed)
     print(summary)

@@ -18,12 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     import sys
 
-    from learner.worker import NonFiniteError
-    from system.checkpoint import CheckpointError
     from system.cli import UserError
     from system.config import ConfigError
-    from system.driver import train
-    from system.runtime import RunSetupError
+    from system.config.errors import CheckpointError, NonFiniteError
+    from system.orchestration.driver import train
+    from system.orchestration.runtime import RunSetupError
 
     try:
         run_dir = train(args.config, args.overrides, resume=args.resume)

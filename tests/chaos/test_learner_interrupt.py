@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from system.queue import QueueKeys, RolloutQueue
+from system.transport.queue import QueueKeys, RolloutQueue
 from tests.integration.learner_helpers import make_groups, run_ranks
 from tests.integration.test_learner_grpo import learner_config, spec_for
 

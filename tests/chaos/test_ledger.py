@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from system.chaos.ledger import read_ledger
-from system.checkpoint import TrainingState, begin, commit, write_state
-from system.queue import RolloutQueue
-from system.redis_server import connect
+from system.transport.checkpoint import TrainingState, begin, commit, write_state
+from system.transport.queue import RolloutQueue
+from system.transport.redis_server import connect
 from tests.fixtures.redis import rollout_group
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,8 @@ from collections import Counter
 import pytest
 
 from system.config import QueueConfig
-from system.queue import RolloutQueue
-from system.redis_server import EmbeddedRedis, RedisSupervisor, connect
+from system.transport.queue import RolloutQueue
+from system.transport.redis_server import EmbeddedRedis, RedisSupervisor, connect
 from tests.fixtures.redis import rollout_group
 
 pytestmark = pytest.mark.integration

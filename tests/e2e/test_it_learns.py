@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from system.report import load_stages, rl_comparison
+from system.reporting.report import load_stages, rl_comparison
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from system.checkpoint import latest, read_state
-from system.metrics import read_metrics
+from system.reporting.metrics import read_metrics
+from system.transport.checkpoint import latest, read_state
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -89,7 +89,7 @@ def test_nccl_sender_updates_a_vllm_engine(engine_loop, tiny_qwen2_5_vl):
     from actors.weight_transfer import build_sender
     from actors.weight_transfer.control import LoopEngineClient
     from actors.weight_transfer.sender import named_parameters, push_weights
-    from system.weight_sync import pack_bucket, plan_buckets
+    from system.transport.weight_sync import pack_bucket, plan_buckets
 
     engine, loop = engine_loop
     sender = build_sender("nccl", [LoopEngineClient(engine, loop)], "127.0.0.1", free_port(), 60.0)

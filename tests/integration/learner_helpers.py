@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from system.config import VideoConfig
-from system.protocol import RolloutGroup, RolloutSample
-from system.weight_sync import Bucket, Layout, unpack_bucket
+from system.transport.protocol import RolloutGroup, RolloutSample
+from system.transport.weight_sync import Bucket, Layout, unpack_bucket
 
 BUDGET = VideoConfig(
     num_frames=4, max_frames=4, max_video_tokens=64, min_pixels=3136, max_pixels=12544
@@ -39,8 +39,8 @@ def make_groups(
     from learner.collate import Collator
     from learner.grpo import token_logprobs
     from learner.sft import encode_prompt
-    from system.data import Record
-    from system.video import decode_video
+    from system.data.records import Record
+    from system.data.video import decode_video
 
     processor = AutoProcessor.from_pretrained(model_path)
     model = AutoModelForImageTextToText.from_pretrained(model_path).eval()
@@ -213,7 +213,7 @@ def run_ranks(spec: dict[str, Any], out_dir: Path, world: int = 2, timeout_s: fl
     that wrote nothing) and exit codes."""
     import multiprocessing as mp
 
-    from system.redis_server import free_port
+    from system.transport.redis_server import free_port
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("rank*.pkl"):

@@ -11,8 +11,8 @@ import sys
 import time
 
 from system.config import QueueConfig
-from system.queue import RolloutQueue
-from system.redis_server import connect
+from system.transport.queue import RolloutQueue
+from system.transport.redis_server import connect
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ THINK_TOKENS = 12
 
 
 def first_multiple_choice(root: Path):
-    from system.data import Record, read_items
+    from system.data.records import Record, read_items
 
     for _, item in read_items(root / "eval.jsonl"):
         record = Record.model_validate(item)

@@ -56,7 +56,7 @@ def test_grpo_two_ranks_zero3(
 ):  # fmt: skip
     from safetensors.torch import load_file
 
-    from system.queue import RolloutQueue
+    from system.transport.queue import RolloutQueue
 
     groups = make_groups(tiny_qwen2_5_vl, "qwen2_5_vl", synthetic_dataset, 5, redis_run)
     # The first group's prompt lost its video pads: the learner must dead-letter it.
@@ -138,7 +138,7 @@ def test_nonfinite_steps_are_skipped_together_then_stop(
     tiny_qwen2_5_vl, synthetic_dataset, redis_server, redis_client, redis_run, queue_config,
     tmp_path,
 ):  # fmt: skip
-    from system.queue import RolloutQueue
+    from system.transport.queue import RolloutQueue
 
     groups = make_groups(tiny_qwen2_5_vl, "qwen2_5_vl", synthetic_dataset, 10, redis_run)
     queue = RolloutQueue(redis_client, redis_run, queue_config)

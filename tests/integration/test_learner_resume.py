@@ -19,7 +19,7 @@ def test_checkpoint_kill_resume_matches_uninterrupted(
 ):  # fmt: skip
     from safetensors.torch import load_file
 
-    from system.queue import RolloutQueue
+    from system.transport.queue import RolloutQueue
 
     run_a, run_b = f"ra{tmp_path.name[-6:]}", f"rb{tmp_path.name[-6:]}"
     groups = make_groups(tiny_qwen2_5_vl, "qwen2_5_vl", synthetic_dataset, 6, run_a)
@@ -72,7 +72,7 @@ def test_unwritable_checkpoint_dir_is_a_clear_error(
     tiny_qwen2_5_vl, synthetic_dataset, redis_server, redis_client, redis_run, queue_config,
     tmp_path,
 ):  # fmt: skip
-    from system.queue import RolloutQueue
+    from system.transport.queue import RolloutQueue
 
     groups = make_groups(tiny_qwen2_5_vl, "qwen2_5_vl", synthetic_dataset, 2, redis_run)
     queue = RolloutQueue(redis_client, redis_run, queue_config)

@@ -25,9 +25,9 @@ def test_export_loads_in_vllm_with_learner_logprobs(
 
     from actors.prompts import build_messages, render_prompt
     from learner.sft import encode_prompt
-    from system.data import Record
-    from system.queue import RolloutQueue
-    from system.video import decode_video
+    from system.data.records import Record
+    from system.data.video import decode_video
+    from system.transport.queue import RolloutQueue
 
     groups = make_groups(tiny_qwen2_5_vl, "qwen2_5_vl", synthetic_dataset, 2, redis_run)
     queue = RolloutQueue(redis_client, redis_run, queue_config)

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from system.protocol import RolloutGroup, decode_group, encode_group
-from system.queue import QueueFull, RolloutQueue
-from system.redis_server import connect
+from system.transport.protocol import RolloutGroup, decode_group, encode_group
+from system.transport.queue import QueueFull, RolloutQueue
+from system.transport.redis_server import connect
 from tests.fixtures.redis import rollout_group
 
 pytestmark = pytest.mark.integration

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from system.config import QueueConfig
-from system.queue import RolloutQueue
-from system.redis_server import EmbeddedRedis, connect
+from system.transport.queue import RolloutQueue
+from system.transport.redis_server import EmbeddedRedis, connect
 from tests.fixtures.redis import rollout_group
 
 pytestmark = pytest.mark.integration

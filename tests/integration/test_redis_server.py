@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from system.config import QueueConfig
-from system.redis_server import (
+from system.transport.redis_server import (
     STATE_FILE,
     EmbeddedRedis,
     RedisConnectError,

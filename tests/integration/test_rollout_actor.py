@@ -56,7 +56,7 @@ def small_config(
 
 
 def load_records(path, n):
-    from system.data import Record, read_items
+    from system.data.records import Record, read_items
 
     return [Record.model_validate(item) for _, item in list(read_items(path))[:n]]
 
@@ -98,7 +98,7 @@ def actor_setup(request, ray_local, redis_server, synthetic_dataset, tmp_path_fa
 
 
 def consume_all(redis_server, config, count):
-    from system.queue import RolloutQueue
+    from system.transport.queue import RolloutQueue
 
     client = redis_server.client()
     queue = RolloutQueue(client, config.name, config.queue, consumer="test")
@@ -116,8 +116,8 @@ def consume_all(redis_server, config, count):
 def test_actor_publishes_scored_groups(actor_setup, redis_server):
     from transformers import AutoTokenizer
 
+    from actors.inputs import reward_target
     from actors.rewards import score_completion
-    from actors.rollout import reward_target
 
     ray, actor, config, records, model = actor_setup
     published = ray.get(actor.step.remote(), timeout=600)  # records 0, 1

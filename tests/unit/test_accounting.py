@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from system.accounting import balance
+from system.reporting.accounting import balance
 
 
 def test_balance_closes_when_every_published_group_is_accounted_for():

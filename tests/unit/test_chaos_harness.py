@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-import system.driver
+import system.orchestration.driver
 from system.chaos.faults import Fault
 from system.chaos.ledger import Ledger
 from system.chaos.runner import Harness, _fault_rows, _train_through
@@ -56,7 +56,7 @@ def test_a_run_that_dies_after_a_fault_fails_that_fault(monkeypatch):
         harness.stepped(topology(), {"step": 3.0})
         raise ValueError("a restarted rollout actor's engine did not start in 900.0s")
 
-    monkeypatch.setattr(system.driver, "train", train)
+    monkeypatch.setattr(system.orchestration.driver, "train", train)
     _train_through("cfg.yaml", [], harness)
     [row] = _fault_rows(harness, Ledger())
     assert not row.ok
@@ -67,7 +67,7 @@ def test_a_run_that_dies_before_any_fault_is_the_runs_own_error(monkeypatch):
     def train(config, overrides, resume=None):
         raise ValueError("bad config")
 
-    monkeypatch.setattr(system.driver, "train", train)
+    monkeypatch.setattr(system.orchestration.driver, "train", train)
     with pytest.raises(ValueError, match="bad config"):
         _train_through("cfg.yaml", [], Harness("rl", [Later()]))
 

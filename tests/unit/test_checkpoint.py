@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from system import checkpoint as ckpt
-from system.checkpoint import CheckpointError, TrainingState
+from system.transport import checkpoint as ckpt
+from system.transport.checkpoint import CheckpointError, TrainingState
 
 
 def _save(root: Path, step: int, payload: str = "w", keep_last: int | None = None) -> Path:

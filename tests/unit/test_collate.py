@@ -12,9 +12,9 @@ import torch
 from learner.collate import Collator, GroupRejected
 from learner.sft import encode_prompt
 from system.config import VideoConfig
-from system.data import Record
-from system.protocol import RolloutGroup, RolloutSample, VisionRef
-from system.video import decode_video, processor_kwargs
+from system.data.records import Record
+from system.data.video import decode_video, processor_kwargs
+from system.transport.protocol import RolloutGroup, RolloutSample, VisionRef
 
 BUDGET = VideoConfig(
     num_frames=4, max_frames=4, max_video_tokens=64, min_pixels=3136, max_pixels=12544

@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from system.weight_sync import (
+from system.transport.weight_sync import (
     ALIGN,
     Deadline,
     WeightSyncError,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from system.cli import main as cli_main
-from system.config import ConfigError, RunConfig, load_config, parse_override
+from system.config import ConfigError, RunConfig, load_config, parse_override, stage_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").rglob("*.yaml"))
 
@@ -24,7 +24,7 @@ def test_every_shipped_config_loads(path):
     config = load_config(path)
     assert isinstance(config, RunConfig)
     for i in range(len(config.stages)):
-        assert config.for_stage(i).stages[0].name == config.stages[i].name
+        assert stage_config(config, i).stages[0].name == config.stages[i].name
     # A restartable actor's constructor arguments (the config and small integers) must stay
     # inline in Ray's creation spec (under 100 KiB); a larger one goes to the object store,
     # which may free it before a restart needs it.
@@ -118,7 +118,7 @@ def test_bad_stage_override_fails_at_load(tmp_path):
 
 def test_stage_overrides_apply_only_to_their_stage():
     config = load_config(CONFIGS[0].parent / "reasonact_3b.yaml")
-    first, last = config.for_stage(0), config.for_stage(2)
+    first, last = stage_config(config, 0), stage_config(config, 2)
     assert first.learner.optimizer.lr == 1e-5
     assert first.data.train[0].path.endswith("reasoning_text_sft.jsonl")
     assert last.learner.optimizer.lr == 1e-6 and last.rollout.t_grpo.enabled

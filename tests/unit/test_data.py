@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from system.config import DataConfig, DatasetSpec
-from system.data import (
+from system.data.records import (
     DataError,
     Dataset,
     MixState,

@@ -12,7 +12,7 @@ import pytest
 from actors.engine import Completion, EngineRequest, Generation, SampleSpec
 from actors.rollout import RolloutActor
 from system.config import RunConfig
-from system.data import Record, read_items
+from system.data.records import Record, read_items
 
 RIGHT = "\\boxed{D}<think>it goes down</think>\\boxed{D}"
 WRONG = "\\boxed{A}<think>it goes left</think>\\boxed{A}"

@@ -7,10 +7,11 @@ import math
 
 import pytest
 
+from actors.evaluation import score_row
 from actors.gating import Inference
 from actors.rewards import FALLBACK_ANSWER
-from system.data import Record
-from system.evaluation import gating_curve, mean_se, paired_gain, score_row, summarize
+from system.data.records import Record
+from system.reporting.evaluation import gating_curve, mean_se, paired_gain, summarize
 
 
 def _row(rid: str, task: str, rewards: dict[str, float], thought: bool = False) -> dict:

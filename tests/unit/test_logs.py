@@ -2,7 +2,7 @@ import logging
 
 import pytest
 
-from system.logs import configure
+from system.config.logs import configure
 
 
 @pytest.fixture

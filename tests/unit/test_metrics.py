@@ -7,7 +7,7 @@ import io
 import pytest
 
 from system.config import LoggingConfig
-from system.metrics import MetricsLogger, format_duration, format_progress, read_metrics
+from system.reporting.metrics import MetricsLogger, format_duration, format_progress, read_metrics
 
 
 class FakeClock:

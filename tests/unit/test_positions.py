@@ -42,7 +42,7 @@ def test_collator_passes_positions_for_qwen2_5_vl(tiny_qwen2_5_vl, synthetic_dat
     from learner.collate import Collator
     from learner.sft import sft_sequence, sft_target
     from system.config import VideoConfig
-    from system.data import Record
+    from system.data.records import Record
 
     budget = VideoConfig(num_frames=8, max_frames=8, max_video_tokens=256,
                          min_pixels=3136, max_pixels=12544)  # fmt: skip

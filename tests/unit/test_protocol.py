@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from system.protocol import (
+from system.transport.protocol import (
     SCHEMA_VERSION,
     ProtocolError,
     RolloutGroup,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ray.exceptions
 
-from system.checkpoint import CheckpointError
-from system.recovery import raised_by_rank
+from system.orchestration.recovery import raised_by_rank
+from system.transport.checkpoint import CheckpointError
 
 
 def test_a_rank_error_is_unwrapped_to_its_own_class_and_message():

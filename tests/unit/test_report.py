@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from system.evaluation import summarize
-from system.report import gating_split, load_stages, rl_comparison, write_report
+from system.reporting.evaluation import summarize
+from system.reporting.report import gating_split, load_stages, rl_comparison, write_report
 
 MODES = ["direct", "always_think", "gated"]
 
@@ -99,7 +99,7 @@ def test_report_without_evaluations_has_no_comparison(tmp_path):
 
 
 def test_rolling_mean():
-    from system.report import rolling_mean
+    from system.reporting.report import rolling_mean
 
     assert rolling_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
     assert rolling_mean([], 3) == []

@@ -12,7 +12,7 @@ import torch
 from learner.collate import Collator
 from learner.sft import END_OF_TURN, sft_loss, sft_sequence, sft_target
 from system.config import VideoConfig
-from system.data import Record
+from system.data.records import Record
 
 BUDGET = VideoConfig(
     num_frames=4, max_frames=4, max_video_tokens=64, min_pixels=3136, max_pixels=12544

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from system.config import RunConfig, StageConfig
-from system.driver import _step_loop
-from system.runtime import RunDirs
+from system.orchestration.driver import _step_loop
+from system.orchestration.runtime import RunDirs
 
 
 class RestartingTopology:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from system.config import DatasetSpec, SyntheticSpec
-from system.data import load_dataset
-from system.synthetic import (
+from system.data.records import load_dataset
+from system.data.synthetic import (
     BACKGROUND,
     DIRECTIONS,
     FPS,
@@ -137,7 +137,7 @@ def test_ensure_synthetic_reuses_and_regenerates(tmp_path):
 def test_text_questions_are_valid_records_whose_answers_follow_from_the_text(tmp_path):
     import re
 
-    from system.data import parse_record
+    from system.data.records import parse_record
 
     generate(tmp_path, 4, 0, seed=2, n_text=40)
     lines = (tmp_path / "text.jsonl").read_text().splitlines()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from system.tiny_model import SPECIAL_TOKENS, train_tokenizer
+from system.data.tiny_model import SPECIAL_TOKENS, train_tokenizer
 
 
 def test_tokenizer_has_qwen_special_tokens_and_round_trips():
@@ -56,7 +56,7 @@ def test_model_loads_with_auto_classes_and_runs(tiny_model):
 
 @pytest.mark.parametrize("bad", [{"family": "llama"}, {"size": "huge"}])
 def test_factory_rejects_unknown_family_or_size(tmp_path, bad):
-    from system.tiny_model import build_tiny_model
+    from system.data.tiny_model import build_tiny_model
 
     args = {"family": "qwen2_5_vl", "size": "tiny"} | bad
     with pytest.raises(ValueError, match=next(iter(bad))):

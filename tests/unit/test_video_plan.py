@@ -1,4 +1,4 @@
-"""Frame sampling, grid sizing and the visual-token prediction of system.video, checked against
+"""Frame sampling, grid sizing and the visual-token prediction of system.data.video, checked against
 hand-computed values and against the installed transformers video processors."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from system.config import VideoConfig
-from system.video import (
+from system.data.video import (
     fit_frame_size,
     grid_factor,
     plan_frames,

@@ -15,7 +15,7 @@ from actors.weight_transfer import build_sender, resolve_backend
 from actors.weight_transfer.control import BucketStream, EngineFanout
 from actors.weight_transfer.nccl_sender import NcclRolloutSender, nccl_update_info
 from actors.weight_transfer.sender import GlooRolloutSender, gloo_update_info
-from system.weight_sync import (
+from system.transport.weight_sync import (
     BucketPacker,
     WeightSyncError,
     bucket_size,
@@ -176,7 +176,7 @@ def test_backend_selection():
 
 
 def test_topology_builds_the_configured_sender():
-    from system.placement import weight_sender
+    from system.orchestration.placement import weight_sender
 
     gloo = weight_sender("gloo", [object(), object()], 2, "127.0.0.1", 1, 1.0)
     assert isinstance(gloo, GlooRolloutSender) and gloo.info.world_size == 5

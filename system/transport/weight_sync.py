@@ -23,12 +23,10 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
+from system.config.errors import WeightSyncError
+
 ALIGN = 16
 T = TypeVar("T")
-
-
-class WeightSyncError(RuntimeError):
-    """A weight version could not be delivered (timeout, transport failure)."""
 
 
 @dataclass(frozen=True)

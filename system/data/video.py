@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from system.config import Family, VideoConfig
-from system.protocol import VisionRef
+from system.transport.protocol import VisionRef
 
 # Temporal patch and spatial merge of both families: two frames and 2x2 patches make a token.
 TEMPORAL_PATCH = 2

@@ -336,7 +336,7 @@ def connect(
     if not url:
         raise RedisConnectError(
             "queue.url is not set: give a redis:// or rediss:// URL, or start the embedded "
-            "server (system.redis_server.EmbeddedRedis) and use its url"
+            "server (system.transport.redis_server.EmbeddedRedis) and use its url"
         )
     if password is None:
         password = os.environ.get(config.password_env) or None

@@ -41,7 +41,7 @@ def balance(
     return out
 
 
-# Dead-letter reasons (system.queue) of entries that never held a decodable group.
+# Dead-letter reasons (system.transport.queue) of entries that never held a decodable group.
 POISON_REASONS = ("undecodable", "entry has no")
 
 
@@ -55,7 +55,7 @@ def read_balance(
     client: Any, config: QueueConfig, run: str, actor_stats: list[dict[str, float]]
 ) -> dict[str, Any]:
     """`balance` from the run's queue and the rollout actors' counters."""
-    from system.queue import QueueKeys, read_stats
+    from system.transport.queue import QueueKeys, read_stats
 
     stats = read_stats(client, config, run)
     dead = client.xrange(QueueKeys.of(config.stream_prefix, run).dead)

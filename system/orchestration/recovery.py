@@ -22,13 +22,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from system.placement import rendezvous
-from system.weight_sync import WeightSyncError
-
-if TYPE_CHECKING:
-    from system.topology import Topology
+from system.config import RunConfig
+from system.config.errors import WeightSyncError
+from system.orchestration.placement import LazySender, rendezvous
 
 log = logging.getLogger("reelrl.driver")
 
@@ -39,6 +37,33 @@ POLL_S = 1.0
 GRACE_S = 30.0
 # Longest wait for a restarted rollout actor's engine.
 ACTOR_START_S = 900.0
+
+
+class Processes(Protocol):
+    """What recovery reads and replaces of a stage's processes (`Topology` is the one
+    implementation; recovery depends on this, not on the class)."""
+
+    config: RunConfig
+    grpo: bool
+    learners: list[Any]
+    """Learner rank actor handles."""
+    learner_group: Any
+    """The learners' placement group."""
+    groups: list[Any]
+    """Every placement group of the stage."""
+    learner_restarts: int
+    actors: list[Any]
+    """Rollout actor handles."""
+    actor_runs: list[Any]
+    """The actors' generation-loop refs."""
+    recoveries: list[dict[str, Any]]
+
+    def start_learners(self) -> None: ...
+    def stop_learners(self, graceful: bool = True) -> None: ...
+    def resume(self) -> int: ...
+    def new_sender(self, address: str, port: int) -> LazySender: ...
+    def export_weights(self, full: bool = True) -> float: ...
+    def clear_interrupt(self) -> None: ...
 
 
 class LearnerDied(RuntimeError):
@@ -101,7 +126,7 @@ def actor_stats(actors: list[Any], timeout_s: float = ACTOR_START_S) -> list[dic
             time.sleep(1.0)
 
 
-def resync(topology: Topology, reason: str, attempts: int = 3) -> None:
+def resync(topology: Processes, reason: str, attempts: int = 3) -> None:
     """Re-form the weight-sync group (every engine up, a new sender on rank 0), push the
     full weights and restart the loops of actors that died."""
     started = time.time()
@@ -124,7 +149,7 @@ def resync(topology: Topology, reason: str, attempts: int = 3) -> None:
     _record(topology, "weight_sync", reason, started)
 
 
-def await_actors(topology: Topology) -> None:
+def await_actors(topology: Processes) -> None:
     """Wait until every rollout actor's engine is up (a restarted one starts it again),
     keeping the learner ranks' held queue entries fresh meanwhile."""
     import ray
@@ -155,7 +180,7 @@ def await_actors(topology: Topology) -> None:
             collect([w.touch.remote() for w in topology.learners])
 
 
-def restart_learners(topology: Topology, reason: str) -> None:
+def restart_learners(topology: Processes, reason: str) -> None:
     """Replace the whole learner group and resume it from the last checkpoint."""
     import ray
 
@@ -180,7 +205,7 @@ def restart_learners(topology: Topology, reason: str) -> None:
     _record(topology, "learner_restart", reason, started)
 
 
-def _record(topology: Topology, kind: str, reason: str, started: float) -> None:
+def _record(topology: Processes, kind: str, reason: str, started: float) -> None:
     event = {"kind": kind, "reason": reason, "started": started, "finished": time.time()}
     topology.recoveries.append(event)
     print(f"recovered ({kind}) in {event['finished'] - started:.1f}s", flush=True)

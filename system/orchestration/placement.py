@@ -45,7 +45,7 @@ class LazySender:
 def _as_sync_error(what: str, fn: Any) -> Any:
     """`fn()`, with any failure raised as `WeightSyncError`: the learner's export handles
     that one on every rank (an engine that died mid-call raises a Ray error instead)."""
-    from system.weight_sync import WeightSyncError
+    from system.config.errors import WeightSyncError
 
     try:
         return fn()

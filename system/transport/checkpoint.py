@@ -20,13 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from system.config.errors import CheckpointError
+
 LATEST = "latest"
 STATE_FILE = "state.json"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or read; the message says which and why."""
 
 
 @dataclass

@@ -12,7 +12,7 @@ model trained briefly can learn them:
 
 Clips are 112x112 at 8 fps, 3-8 s, H.264 (mpeg4 where libx264 is missing). Generation is
 deterministic per seed (each record draws from its own seeded stream) and splits are disjoint
-streams, written as JSONL in the format of system.data.
+streams, written as JSONL in the format of system.data.records.
 """
 
 from __future__ import annotations

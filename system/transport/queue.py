@@ -42,8 +42,8 @@ import redis
 from redis.commands.core import Script
 
 from system.config import QueueConfig
-from system.protocol import ProtocolError, RolloutGroup, decode_group, encode_group
-from system.redis_server import retrying
+from system.transport.protocol import ProtocolError, RolloutGroup, decode_group, encode_group
+from system.transport.redis_server import retrying
 
 log = logging.getLogger("reelrl.queue")
 

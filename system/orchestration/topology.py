@@ -12,7 +12,7 @@ the learner's version in Redis (the actors' admission control reads it) and, eve
 the next step's groups, sleep through the learner step, and wake for the weight push.
 
 Faults (a dead rollout actor, a failed weight push, a dead learner rank) are recovered by
-`system.recovery`; a stop request (SIGINT/SIGTERM) interrupts a step that waits for groups.
+`system.orchestration.recovery`; a stop request (SIGINT/SIGTERM) interrupts a step that waits for groups.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from system.config import RunConfig, StageConfig
-from system.placement import LazySender, placement, rendezvous, weight_sender
-from system.recovery import (
+from system.config.errors import WeightSyncError
+from system.orchestration.placement import LazySender, placement, rendezvous, weight_sender
+from system.orchestration.recovery import (
     LearnerDied,
     actor_stats,
     collect,
@@ -33,9 +34,8 @@ from system.recovery import (
     restart_learners,
     resync,
 )
-from system.redis_server import retrying
-from system.runtime import QueueBackend, RunDirs
-from system.weight_sync import WeightSyncError
+from system.orchestration.runtime import QueueBackend, RunDirs
+from system.transport.redis_server import retrying
 
 log = logging.getLogger("reelrl.driver")
 
@@ -132,7 +132,7 @@ class Topology:
             return None
         import ray
 
-        from system.accounting import read_balance
+        from system.reporting.accounting import read_balance
 
         stats = ray.get([a.stats.remote() for a in self.actors])
         for actor in self.actors:
@@ -181,7 +181,7 @@ class Topology:
     def step(self) -> dict[str, float] | None:
         """One optimizer step on every rank (and the weight push when due); the metrics, or
         None when a stop request interrupted the wait for groups. Recovers from dead rollout
-        actors, failed weight pushes and dead learner ranks on the way (system.recovery)."""
+        actors, failed weight pushes and dead learner ranks on the way (system.orchestration.recovery)."""
         while True:
             try:
                 metrics = self._step_once()
@@ -235,12 +235,12 @@ class Topology:
     def evaluate(self) -> dict[str, Any] | None:
         """Held-out evaluation (`eval.max_prompts` of `data.eval`) on the engines' current
         weights, the records split across the rollout actors; graded rows and per-mode
-        figures (system.evaluation). None when the stage has no engines or no eval data."""
+        figures (actors.evaluation, system.reporting.evaluation). None when the stage has no engines or no eval data."""
         import ray
 
         from actors.gating import default_tau
-        from system.data import split_records
-        from system.evaluation import summarize
+        from system.data.records import split_records
+        from system.reporting.evaluation import summarize
 
         cfg = self.config
         if not self.actors or not cfg.data.eval:
@@ -276,7 +276,7 @@ class Topology:
     def rollout_metrics(self) -> dict[str, float]:
         """Actor stats summed (rates, counts) or averaged (means), plus the queue's lag."""
 
-        from system.queue import read_stats
+        from system.transport.queue import read_stats
 
         stats = actor_stats(self.actors)
         out: dict[str, float] = {}
@@ -329,7 +329,7 @@ class Topology:
         step; `step` wakes them before the weight push."""
         import ray
 
-        from system.queue import read_stats
+        from system.transport.queue import read_stats
 
         needed = self.config.learner.groups_per_step
         while read_stats(self.redis, self.config.queue, self.config.name)["undelivered"] < needed:
@@ -356,7 +356,7 @@ class Topology:
         self._redis("clear interrupt", lambda: self.redis.delete(self._keys().interrupt))
 
     def _keys(self) -> Any:
-        from system.queue import QueueKeys
+        from system.transport.queue import QueueKeys
 
         return QueueKeys.of(self.config.queue.stream_prefix, self.config.name)
 
@@ -405,8 +405,8 @@ class Topology:
         import ray
 
         from actors.rollout import remote_rollout_actor
-        from system.data import load_shard
-        from system.redis_server import connect
+        from system.data.records import load_shard
+        from system.transport.redis_server import connect
 
         cfg = self.config
         self.redis = connect(cfg.queue, password=self.backend.password)

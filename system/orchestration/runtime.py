@@ -83,14 +83,14 @@ def prepare_assets(config: RunConfig) -> None:
                 f"model.path={config.model.path}: no config.json there; point model.path at an "
                 "HF model directory, or set model.build_tiny to build a random one"
             )
-        from system.tiny_model import build_tiny_model
+        from system.data.tiny_model import build_tiny_model
 
         print(f"building tiny {config.model.family} model in {model}", flush=True)
         tmp = model.with_name(model.name + f".tmp{os.getpid()}")
         build_tiny_model(config.model.family, tmp, size=config.model.build_tiny, seed=config.seed)
         tmp.rename(model)
     if config.data.synthetic is not None:
-        from system.synthetic import ensure_synthetic
+        from system.data.synthetic import ensure_synthetic
 
         ensure_synthetic(config.data.synthetic)
     for spec in [*config.data.train, *config.data.eval]:
@@ -165,7 +165,12 @@ def start_queue_backend(config: RunConfig, dirs: RunDirs) -> QueueBackend:
     """The embedded Redis of local runs (re-attached on resume, restarted by a supervisor
     when it dies), or the configured server (its password from the environment variable
     `queue.password_env`), verified."""
-    from system.redis_server import EmbeddedRedis, RedisConnectError, RedisSupervisor, connect
+    from system.transport.redis_server import (
+        EmbeddedRedis,
+        RedisConnectError,
+        RedisSupervisor,
+        connect,
+    )
 
     try:
         if config.queue.url is None:

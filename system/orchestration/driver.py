@@ -18,10 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from system import checkpoint as ckpt
-from system.config import RunConfig, StageConfig, load_config
-from system.metrics import MetricsLogger
-from system.runtime import (
+from system.config import RunConfig, StageConfig, load_config, stage_config
+from system.orchestration.runtime import (
     QueueBackend,
     RunDirs,
     StopFlag,
@@ -31,6 +29,8 @@ from system.runtime import (
     prepare_assets,
     start_queue_backend,
 )
+from system.reporting.metrics import MetricsLogger
+from system.transport import checkpoint as ckpt
 
 log = logging.getLogger("reelrl.driver")
 
@@ -76,7 +76,7 @@ def train(config_path: str, overrides: list[str], resume: str | None = None) -> 
 
 def _report(dirs: RunDirs) -> None:
     """Write report.md and the plots; print the summary table."""
-    from system.report import write_report
+    from system.reporting.report import write_report
 
     table = write_report(dirs.root)
     if table:
@@ -94,14 +94,14 @@ def run_stage(
 ) -> StageResult:
     """Start the stage's processes, step to its total, checkpoint, and tear down."""
     stage = config.stages[index]
-    cfg = config.for_stage(index)
+    cfg = stage_config(config, index)
     run_id = dirs.root.name
     cfg = cfg.model_copy(
         update={"name": run_id, "queue": cfg.queue.model_copy(update={"url": backend.url})}
     )
     print(f"stage {index + 1}/{len(config.stages)}: {stage.name} ({stage.algorithm}, "
           f"{stage.total_steps} steps) from {model_path}", flush=True)  # fmt: skip
-    from system.topology import Topology
+    from system.orchestration.topology import Topology
 
     topology = Topology(cfg, stage, model_path, dirs, backend, stop=lambda: stop.requested)
     metrics_log = MetricsLogger(dirs.stage(stage.name), cfg.logging, stage.total_steps)

@@ -2,7 +2,7 @@
 driver prints when a run ends (`reelrl report RUN_DIR` rebuilds them).
 
 Reads only what the run wrote: each stage's metrics.jsonl, its eval/step_*.json held-out
-evaluations (system.evaluation rows and per-mode figures) and accounting.json. The RL gain is
+evaluations (actors.evaluation rows, system.reporting.evaluation figures) and accounting.json. The RL gain is
 measured on the last GRPO stage that has two evaluations: its first (the previous stage's
 weights, i.e. after SFT) against its last, on the same held-out questions (`paired_gain`).
 """
@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from system.evaluation import gating_curve, paired_gain
-from system.metrics import read_metrics
+from system.reporting.evaluation import gating_curve, paired_gain
+from system.reporting.metrics import read_metrics
 
 PLOTS = "plots"
 MODE_LABELS = {"direct": "direct", "always_think": "always-think", "gated": "gated"}
@@ -168,7 +168,7 @@ def _split_sentence(split: dict[str, dict[str, float]]) -> str:
 
 
 def _curve_table(comparison: dict[str, Any]) -> list[str]:
-    """The gated mode at other thresholds (system.evaluation.gating_curve), before and after."""
+    """The gated mode at other thresholds (system.reporting.evaluation.gating_curve), before and after."""
     before = gating_curve(comparison["before"]["rows"])
     after = gating_curve(comparison["after"]["rows"])
     if not after or not before:

@@ -1,0 +1,21 @@
+"""The error types that cross a process or layer boundary and that the driver, the CLI and the
+chaos harness catch, in one torch-free module: catching one never imports the learner or a
+transport's heavy dependencies."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A config that cannot be loaded; the message names the file and the dotted field."""
+
+
+class WeightSyncError(RuntimeError):
+    """A weight version could not be delivered (timeout, transport failure)."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message says which and why."""
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient norm."""
