@@ -1,5 +1,6 @@
 """`LearnerWorker`: one learner rank. `step()` takes one optimizer step from this rank's share
-of the batch; `run()` is a loop over `step()` with checkpoints and weight exports.
+of the batch; the driver's step loop (`system.orchestration.driver`) calls it on every rank,
+with `export()` and `save_checkpoint()` on schedule.
 
 A step: take this rank's groups (or SFT examples) from its `BatchSource`, collate them into
 micro-batches, agree with the other ranks on the micro-batch count (a rank that has fewer
@@ -248,25 +249,6 @@ class LearnerWorker:
         return out
 
     # ------------------------------------------------------------------ the loop
-
-    def run(self, total_steps: int) -> dict[str, float]:
-        """Steps until `total_steps`, exporting weights and checkpointing on schedule."""
-        if self.exporting and not self.frozen_sent:
-            self.export(include_frozen=True)
-        metrics: dict[str, float] = {}
-        while self.state.step < total_steps:
-            metrics = self.step()
-            if (
-                self.sender is not None
-                and self.state.step % self.config.weight_sync.every_steps == 0
-            ):
-                metrics["export_s"] = self.export()["export_s"]
-            last = self.state.step == total_steps
-            if last or self.state.step % self.config.checkpoint.every_steps == 0:
-                self.save_checkpoint()
-            if isinstance(self.source, QueueSource):
-                self.source.queue.touch()
-        return metrics
 
     def export(self, include_frozen: bool = False) -> dict[str, float]:
         """Send the weights as version = global step (collective). The first export includes

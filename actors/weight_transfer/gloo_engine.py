@@ -32,6 +32,7 @@ from vllm.distributed.weight_transfer.base import (
 )
 
 from actors.weight_transfer.reload import ModelReloader
+from system.config.errors import first_line
 from system.transport.weight_sync import Bucket, BucketEntry, unpack_bucket
 
 log = logging.getLogger("reelrl.weight_transfer")
@@ -190,7 +191,7 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
                 broadcast(self.group, packed, left)
             except RuntimeError as exc:
                 raise WeightTransferError(
-                    f"{what} failed ({_first_line(exc)}); the sender died or stalled, "
+                    f"{what} failed ({first_line(exc)}); the sender died or stalled, "
                     "keeping the previous weights"
                 ) from None
             staged.extend(unpack_bucket(bucket_of(spec, packed)))
@@ -247,8 +248,3 @@ class _Received:
     version: int = -1
     nbytes: int = 0
     seconds: float = 0.0
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

@@ -19,18 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from system.transport.redis_server import free_port
 
 
 def _raw_receiver(port: int, sizes: list[int], rounds: int) -> None:
@@ -164,13 +159,13 @@ def _weight_update(loop: Any, engine: Any, model_path: Path, rounds: int) -> dic
     named = named_parameters(AutoModelForImageTextToText.from_pretrained(model_path))
     bucket_bytes = 64 << 20
     packed = [pack_bucket(chunk).packed for chunk in plan_buckets(named, bucket_bytes)]
-    port = _free_port()
+    port = free_port()
     proc = mp.get_context("spawn").Process(
         target=_raw_receiver, args=(port, [p.numel() for p in packed], rounds + 1)
     )
     proc.start()
     raw_group = open_group("127.0.0.1", port, 0, 2, 120.0, "raw")
-    sender = GlooRolloutSender([LoopEngineClient(engine, loop)], "127.0.0.1", _free_port(), 120.0)
+    sender = GlooRolloutSender([LoopEngineClient(engine, loop)], "127.0.0.1", free_port(), 120.0)
     sender.connect()
     packer = BucketPacker()
     ours, wire, raw = [], [], []

@@ -23,6 +23,7 @@ from typing import Any
 
 from system.chaos.ledger import Ledger
 from system.chaos.report import Row
+from system.config.errors import first_line
 
 log = logging.getLogger("reelrl.chaos")
 
@@ -536,7 +537,7 @@ class NaNStop(NaN):
         super().inject(scene)
 
     def stopped(self, exc: BaseException, scene: Scene) -> None:
-        self.error = str(exc).splitlines()[0]
+        self.error = first_line(exc)
         self.handled = time.time()
 
     def check(self, row: Row, ledger: Ledger) -> None:
@@ -581,7 +582,7 @@ class CheckpointUnwritable(Fault):
     def stopped(self, exc: BaseException, scene: Scene) -> None:
         from system.transport.checkpoint import latest, read_state
 
-        self.error = str(exc).splitlines()[0]
+        self.error = first_line(exc)
         self.blocker.unlink()  # what the operator fixes before --resume
         path = latest(self.real)
         state = read_state(path)

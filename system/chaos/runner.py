@@ -20,7 +20,7 @@ from system.chaos import FAULTS
 from system.chaos.faults import FAULT_CLASSES, Fault, Scene
 from system.chaos.ledger import Ledger, read_ledger
 from system.chaos.report import Row, totals
-from system.orchestration.recovery import first_line
+from system.config.errors import first_line
 
 GAP_STEPS = 2
 CHAOS_DEFAULTS = ["checkpoint.every_steps=2", "weight_sync.timeout_s=30"]

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from system.config import Family, VideoConfig
+from system.config.errors import first_line
 from system.transport.protocol import VisionRef
 
 # Temporal patch and spatial merge of both families: two frames and 2x2 patches make a token.
@@ -377,6 +378,5 @@ def _get_batch(path: str, reader: Any, indices: tuple[int, ...]) -> np.ndarray:
 
 
 def _first_line(exc: Exception) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
     # decord prefixes "[hh:mm:ss] /its/source.cc:123: "; the rest is the useful part.
-    return _DECORD_PREFIX.sub("", lines[0]) if lines else type(exc).__name__
+    return _DECORD_PREFIX.sub("", first_line(exc))

@@ -16,7 +16,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from system.config import RunConfig, StageConfig, load_config, stage_config
 from system.orchestration.runtime import (
@@ -29,6 +28,7 @@ from system.orchestration.runtime import (
     prepare_assets,
     start_queue_backend,
 )
+from system.orchestration.topology import Topology
 from system.reporting.metrics import MetricsLogger
 from system.transport import checkpoint as ckpt
 
@@ -101,8 +101,6 @@ def run_stage(
     )
     print(f"stage {index + 1}/{len(config.stages)}: {stage.name} ({stage.algorithm}, "
           f"{stage.total_steps} steps) from {model_path}", flush=True)  # fmt: skip
-    from system.orchestration.topology import Topology
-
     topology = Topology(cfg, stage, model_path, dirs, backend, stop=lambda: stop.requested)
     metrics_log = MetricsLogger(dirs.stage(stage.name), cfg.logging, stage.total_steps)
     try:
@@ -116,7 +114,7 @@ def run_stage(
 def _step_loop(
     cfg: RunConfig,
     stage: StageConfig,
-    topology: Any,
+    topology: Topology,
     metrics_log: MetricsLogger,
     dirs: RunDirs,
     stop: StopFlag,
@@ -128,23 +126,27 @@ def _step_loop(
         evals.run(step)  # the previous stage's weights: the baseline RL is measured against
     last_checkpoint = step
     metrics: dict[str, float] = {}
-    # `checkpoint` returns the learners' step afterwards: a rank that died while saving
-    # restarts the group from the last committed checkpoint, and the steps after it are redone.
+    # One loop: a step, or at the end (or on a stop request) the final checkpoint. `checkpoint`
+    # returns the learners' step afterwards: a rank that died while saving restarts the group
+    # from the last committed checkpoint, and the loop goes on to redo the steps after it.
     while True:
-        while step < stage.total_steps and not stop.requested:
-            stepped = topology.step()
-            if stepped is None:  # a stop request interrupted the wait for rollout groups
-                break
-            metrics, step = stepped, int(stepped["step"])
-            metrics_log.log(step, metrics, stage=stage.name)
-            if step % cfg.checkpoint.every_steps == 0:
-                step = last_checkpoint = topology.checkpoint()
-            if evals.periodic(step) and step < stage.total_steps:
-                evals.run(step)
-        if step > last_checkpoint or ckpt.latest(dirs.checkpoints(stage.name)) is None:
+        finishing = step >= stage.total_steps or stop.requested
+        if finishing and (
+            step > last_checkpoint or ckpt.latest(dirs.checkpoints(stage.name)) is None
+        ):
             step = last_checkpoint = topology.checkpoint()
-        if step >= stage.total_steps or stop.requested:
+            finishing = step >= stage.total_steps or stop.requested
+        if finishing:
             break
+        stepped = topology.step()
+        if stepped is None:  # a stop request interrupted the wait for rollout groups
+            continue
+        metrics, step = stepped, int(stepped["step"])
+        metrics_log.log(step, metrics, stage=stage.name)
+        if step % cfg.checkpoint.every_steps == 0:
+            step = last_checkpoint = topology.checkpoint()
+        if evals.periodic(step) and step < stage.total_steps:
+            evals.run(step)
     if not stop.requested and evals.enabled:
         if step % cfg.weight_sync.every_steps:
             topology.push_weights(step)  # the engines evaluate the final weights
@@ -172,7 +174,7 @@ class StageEvals:
         self,
         cfg: RunConfig,
         stage: StageConfig,
-        topology: Any,
+        topology: Topology,
         metrics_log: MetricsLogger,
         dirs: RunDirs,
     ) -> None:

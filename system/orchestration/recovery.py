@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from system.config import RunConfig
-from system.config.errors import WeightSyncError
+from system.config.errors import WeightSyncError, first_line
 from system.orchestration.placement import LazySender, rendezvous
 
 log = logging.getLogger("reelrl.driver")
@@ -226,8 +226,3 @@ def raised_by_rank(error: BaseException) -> BaseException:
     """The exception a rank raised, unwrapped from Ray's `RayTaskError`."""
     cause = getattr(error, "cause", None)
     return cause if isinstance(cause, Exception) else error
-
-
-def first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__

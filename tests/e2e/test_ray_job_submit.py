@@ -15,16 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from system.transport.redis_server import free_port
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(port: int, timeout_s: float) -> None:
@@ -42,7 +38,7 @@ def _wait_for(port: int, timeout_s: float) -> None:
 def ray_head(tmp_path):
     """A Ray head started with `ray start --head --block` in its own process group, so the
     test stops exactly the processes it started."""
-    gcs, dashboard = _free_port(), _free_port()
+    gcs, dashboard = free_port(), free_port()
     # Token auth, as Ray enables it by default: the head creates ~/.ray/auth_token when it is
     # missing and the job client presents it.
     env = {

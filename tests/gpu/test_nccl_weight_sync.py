@@ -9,25 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import socket
 import threading
 
 import pytest
 import torch
 
 from system.config import RunConfig
+from system.transport.redis_server import free_port
 
 pytestmark = [pytest.mark.gpu, pytest.mark.integration, pytest.mark.slow]
 
 PROMPT = "<|im_start|>user\nWhat happens in the video?<|im_end|>\n<|im_start|>assistant\n"
 BUCKET_BYTES = 1 << 20
 ATOL = 2e-2  # bfloat16 engine against a float32 reference
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -7,22 +7,15 @@ its creation arguments alone, waits for the run's weights, rejoins weight sync a
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 
 from system.config import RunConfig
+from system.transport.redis_server import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 G = 4
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def small_config(

@@ -3,7 +3,6 @@ config (with the field path), an unreachable Ray or Redis address, a missing mod
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -11,15 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from system.transport.redis_server import free_port
+
 pytestmark = pytest.mark.integration
 
 DEBUG = str(Path(__file__).resolve().parents[2] / "configs" / "debug_cpu.yaml")
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train(tmp_path: Path, *args: str) -> tuple[int, str, float]:
@@ -42,7 +37,7 @@ def test_bad_config_is_refused_with_field_path_and_nothing_created(tmp_path):
 
 
 def test_unreachable_ray_address_fails_fast(tmp_path):
-    port = _closed_port()
+    port = free_port()
     code, err, elapsed = _train(
         tmp_path, f"resources.ray_address=127.0.0.1:{port}", "model.build_tiny=null",
         "model.path=no/such/model",
@@ -53,7 +48,7 @@ def test_unreachable_ray_address_fails_fast(tmp_path):
 
 
 def test_unreachable_redis_fails_fast(tmp_path):
-    port = _closed_port()
+    port = free_port()
     code, err, elapsed = _train(
         tmp_path, f"queue.url=redis://127.0.0.1:{port}/0", "model.build_tiny=null",
         "model.path=no/such/model",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 import torch
 
 from system.config import RunConfig
+from system.transport.redis_server import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -30,12 +30,6 @@ PROMPT = "<|im_start|>user\nWhat happens in the video?<|im_end|>\n<|im_start|>as
 ATOL = 2e-3
 sys.path.insert(0, str(CHILD.parent))
 from test_weight_transfer_sender import buckets, perturbed_model  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
