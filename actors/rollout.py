@@ -17,7 +17,7 @@ Redis (the driver writes the learner's step count there); a driver may instead c
 `set_learner_version`. Counting published groups, not batches, keeps the bound when groups are
 filtered: an actor whose batches are all filtered keeps generating instead of waiting on a
 learner that is waiting on it. A (re)started actor reads `<prefix>:<run>:weights_version`
-(written by whoever pushes weights, see `publish_weights_version`) and publishes nothing until
+(written by whoever pushes weights, see `system.transport.keys.publish_versions`) and publishes nothing until
 a weight update has brought its engine to at least that version. The actor also exposes the
 engine's weight-sync control plane (vLLM's four methods) so a trainer-side sender can drive it.
 """
@@ -39,27 +39,13 @@ from actors.rewards import has_signal, score_completion, temporal_contrast
 from actors.rewards.extract import THINK_OPEN
 from system.config import RunConfig
 from system.data.records import Record, load_shard
+from system.transport.keys import read_version
 from system.transport.protocol import RolloutGroup, RolloutSample
 from system.transport.redis_server import retrying
 
 log = logging.getLogger("reelrl.rollout")
 
 POLL_S = 0.2
-
-
-def learner_version_key(prefix: str, run: str) -> str:
-    """Redis key of the learner's step count (the version its next broadcast carries)."""
-    return f"{prefix}:{run}:learner_version"
-
-
-def weights_version_key(prefix: str, run: str) -> str:
-    """Redis key of the newest weight version pushed to the engines."""
-    return f"{prefix}:{run}:weights_version"
-
-
-def publish_weights_version(client: Any, prefix: str, run: str, version: int) -> None:
-    """Record that `version` has been pushed (a restarted actor waits for it)."""
-    client.set(weights_version_key(prefix, run), version)
 
 
 def may_start_batch(
@@ -171,9 +157,10 @@ class RolloutActor:
         self.redis = retrying("connect", lambda: connect(cfg.queue), cfg.queue.reconnect_max_s)
         self.queue = RolloutQueue(self.redis, cfg.name, cfg.queue)
         self.engine = engine or VLLMEngine.create(cfg, seed_offset=self.index)
-        key = weights_version_key(cfg.queue.stream_prefix, cfg.name)
-        pushed = self._redis("weights version", lambda: self.redis.get(key))
-        self._required_version = int(pushed or 0)
+        key = self.queue.keys.weights_version
+        self._required_version = self._redis(
+            "weights version", lambda: read_version(self.redis, key)
+        )
         self._batch = self.learner_version()
         return self._required_version
 
@@ -183,8 +170,8 @@ class RolloutActor:
         """The learner's version: what the driver set, else the Redis key (0 when unset)."""
         if self._learner_version is not None:
             return self._learner_version
-        key = learner_version_key(self.config.queue.stream_prefix, self.config.name)
-        return int(self._redis("learner version", lambda: self.redis.get(key)) or 0)
+        key = self.queue.keys.learner_version
+        return self._redis("learner version", lambda: read_version(self.redis, key))
 
     def _redis(self, what: str, fn: Any) -> Any:
         return retrying(what, fn, self.config.queue.reconnect_max_s)

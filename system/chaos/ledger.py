@@ -19,8 +19,8 @@ from typing import Any
 from system.config import QueueConfig
 from system.reporting.accounting import POISON_REASONS
 from system.transport.checkpoint import CheckpointError, latest, read_state
+from system.transport.keys import QueueKeys
 from system.transport.protocol import ProtocolError, decode_group
-from system.transport.queue import QueueKeys
 
 
 @dataclass

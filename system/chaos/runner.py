@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from system.chaos import FAULTS
-from system.chaos.faults import FAULT_CLASSES, Fault, Scene
+from system.chaos.faults import FAULT_CLASSES
 from system.chaos.ledger import Ledger, read_ledger
 from system.chaos.report import Row, totals
+from system.chaos.scene import Fault, Scene
 from system.config.errors import first_line
 
 GAP_STEPS = 2

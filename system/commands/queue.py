@@ -42,7 +42,7 @@ def _stats(args: argparse.Namespace) -> int:
 
     from system.cli import UserError
     from system.config import QueueConfig
-    from system.transport.queue import rates, read_stats
+    from system.transport.keys import rates, read_stats
     from system.transport.redis_server import RedisConnectError, connect
 
     if args.interval < 0:

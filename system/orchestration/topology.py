@@ -35,6 +35,7 @@ from system.orchestration.recovery import (
     resync,
 )
 from system.orchestration.runtime import QueueBackend, RunDirs
+from system.transport.keys import QueueKeys, publish_versions
 from system.transport.redis_server import retrying
 
 log = logging.getLogger("reelrl.driver")
@@ -227,10 +228,8 @@ class Topology:
         """Export the learner's weights to the engines now (outside the every_steps rhythm)."""
         import ray
 
-        from actors.rollout import publish_weights_version
-
         ray.get([w.export.remote() for w in self.learners])
-        publish_weights_version(self.redis, self.config.queue.stream_prefix, self.config.name, step)
+        self._redis("versions", lambda: publish_versions(self.redis, self._keys(), weights=step))
 
     def evaluate(self) -> dict[str, Any] | None:
         """Held-out evaluation (`eval.max_prompts` of `data.eval`) on the engines' current
@@ -276,7 +275,7 @@ class Topology:
     def rollout_metrics(self) -> dict[str, float]:
         """Actor stats summed (rates, counts) or averaged (means), plus the queue's lag."""
 
-        from system.transport.queue import read_stats
+        from system.transport.keys import read_stats
 
         stats = actor_stats(self.actors)
         out: dict[str, float] = {}
@@ -329,7 +328,7 @@ class Topology:
         step; `step` wakes them before the weight push."""
         import ray
 
-        from system.transport.queue import read_stats
+        from system.transport.keys import read_stats
 
         needed = self.config.learner.groups_per_step
         while read_stats(self.redis, self.config.queue, self.config.name)["undelivered"] < needed:
@@ -342,12 +341,9 @@ class Topology:
     def export_weights(self, full: bool = True) -> float:
         """Export the learner's weights (all of them when `full`) as version `step_now` and
         record it for the actors' admission; seconds the export took."""
-        from actors.rollout import learner_version_key, publish_weights_version
-
         exported = collect([w.export.remote(include_frozen=full) for w in self.learners])
-        prefix, run, step = self.config.queue.stream_prefix, self.config.name, self.step_now
-        self._redis("versions", lambda: publish_weights_version(self.redis, prefix, run, step))
-        self._redis("versions", lambda: self.redis.set(learner_version_key(prefix, run), step))
+        keys, step = self._keys(), self.step_now
+        self._redis("versions", lambda: publish_versions(self.redis, keys, step, weights=step))
         return float(exported[0]["export_s"])
 
     def clear_interrupt(self) -> None:
@@ -355,9 +351,7 @@ class Topology:
         self._interrupting = False
         self._redis("clear interrupt", lambda: self.redis.delete(self._keys().interrupt))
 
-    def _keys(self) -> Any:
-        from system.transport.queue import QueueKeys
-
+    def _keys(self) -> QueueKeys:
         return QueueKeys.of(self.config.queue.stream_prefix, self.config.name)
 
     def _redis(self, what: str, fn: Callable[[], Any]) -> Any:

@@ -55,7 +55,7 @@ def read_balance(
     client: Any, config: QueueConfig, run: str, actor_stats: list[dict[str, float]]
 ) -> dict[str, Any]:
     """`balance` from the run's queue and the rollout actors' counters."""
-    from system.transport.queue import QueueKeys, read_stats
+    from system.transport.keys import QueueKeys, read_stats
 
     stats = read_stats(client, config, run)
     dead = client.xrange(QueueKeys.of(config.stream_prefix, run).dead)

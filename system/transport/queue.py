@@ -1,11 +1,8 @@
 """The rollout queue: RolloutGroups from actors to learner ranks over one Redis Stream per run.
 
-Keys (prefix = `queue.stream_prefix`): `<prefix>:<run>:rollouts` (the stream, consumer group
-`learner`, one consumer per learner rank), `<prefix>:<run>:dead` (dead letters with their
-reason), `<prefix>:<run>:applied` (set of applied group ids), `<prefix>:<run>:published`
-(group id -> stream id: makes publishing idempotent, and counts it),
-`<prefix>:<run>:counters` (skipped and claimed entries) and `<prefix>:<run>:interrupt` (set
-while the driver asks the learner ranks to abandon a step that is waiting for groups).
+The run's keys are `system.transport.keys.QueueKeys`: the stream (consumer group `learner`, one
+consumer per learner rank), dead letters, applied and published group ids, counters, the
+interrupt flag.
 
 Delivery is at-least-once; the effect is exactly-once by these rules:
 - Publishing is one Lua script (capacity check, XADD, bookkeeping), idempotent by group id, so a
@@ -33,21 +30,19 @@ from __future__ import annotations
 
 import logging
 import time
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
-from redis.commands.core import Script
 
 from system.config import QueueConfig
+from system.transport.keys import GROUP, QueueKeys, read_stats, stream_id_key
 from system.transport.protocol import ProtocolError, RolloutGroup, decode_group, encode_group
-from system.transport.redis_server import retrying
+from system.transport.redis_server import Link, retrying
 
 log = logging.getLogger("reelrl.queue")
 
-GROUP = "learner"
 PAYLOAD = b"g"
 T = TypeVar("T")
 
@@ -109,52 +104,6 @@ class Delivery:
     """Times the entry has been delivered, this one included."""
 
 
-@dataclass(frozen=True)
-class QueueKeys:
-    """The Redis keys of one run."""
-
-    stream: str
-    dead: str
-    applied: str
-    published: str
-    counters: str
-    interrupt: str
-
-    @classmethod
-    def of(cls, prefix: str, run: str) -> QueueKeys:
-        base = f"{prefix}:{run}"
-        return cls(
-            stream=f"{base}:rollouts",
-            dead=f"{base}:dead",
-            applied=f"{base}:applied",
-            published=f"{base}:published",
-            counters=f"{base}:counters",
-            interrupt=f"{base}:interrupt",
-        )
-
-
-class _Link:
-    """A connection of the queue's own for its hot path (publish, read, ack). Each command
-    through the client's pool costs ~10 us of CPU (a lock, a liveness poll, bookkeeping), as
-    much as the command itself takes on loopback. redis-py drops a connection whose send or
-    read failed, so the next command reconnects; the pool gets it back with the queue."""
-
-    def __init__(self, client: redis.Redis) -> None:
-        pool = client.connection_pool
-        self.conn = pool.get_connection()
-        weakref.finalize(self, pool.release, self.conn)
-
-    def run(self, *args: Any) -> Any:
-        self.conn.send_command(*args)
-        return self.conn.read_response()
-
-    def eval(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return self.run("EVALSHA", script.sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:  # a restarted server lost its script cache
-            return self.run("EVAL", script.script, len(keys), *keys, *args)
-
-
 class RolloutQueue:
     """Producer and consumer side of one run's rollout stream (see the module docstring).
 
@@ -196,7 +145,7 @@ class RolloutQueue:
         self._last_claim = now
         self._last_touch = now
         self._call("create group", self._create_group)
-        self._link = self._call("connect", lambda: _Link(client))
+        self._link = self._call("connect", lambda: Link(client))
 
     # ----------------------------------------------------------------------- producing
 
@@ -410,7 +359,7 @@ class RolloutQueue:
         return [(sid, fields, counts.get(sid, 1)) for sid, fields in fresh]
 
     def _delivery_counts(self, ids: list[str]) -> dict[str, int]:
-        low, high = min(ids, key=_id_key), max(ids, key=_id_key)
+        low, high = min(ids, key=stream_id_key), max(ids, key=stream_id_key)
         span = len(ids) + len(self._inflight)
         rows = self._call(
             "pending",
@@ -471,7 +420,7 @@ class RolloutQueue:
         self._last_touch = time.monotonic()
         if not self._inflight or self.consumer is None:
             return
-        held = sorted(self._inflight, key=_id_key)
+        held = sorted(self._inflight, key=stream_id_key)
         rows = self._call(
             "pending",
             lambda: self.client.xpending_range(
@@ -534,68 +483,5 @@ class RolloutQueue:
         self._drain = True
 
 
-def read_stats(client: redis.Redis, config: QueueConfig, run: str) -> dict[str, Any]:
-    """A snapshot of a run's queue, read without changing anything: length, undelivered,
-    pending per consumer, age of the oldest entry, dead letters and counters."""
-    keys = QueueKeys.of(config.stream_prefix, run)
-    pipe = client.pipeline(transaction=False)
-    pipe.xlen(keys.stream)
-    pipe.xlen(keys.dead)
-    pipe.hgetall(keys.counters)
-    pipe.hlen(keys.published)
-    pipe.scard(keys.applied)
-    pipe.xinfo_consumers(keys.stream, GROUP)
-    pipe.xrange(keys.stream, "-", "+", count=1)
-    pipe.time()
-    reply = pipe.execute(raise_on_error=False)
-    length, dead, counters, published, applied, consumers, oldest, now = reply
-    if isinstance(consumers, redis.ResponseError):  # no stream or group yet
-        consumers = []
-    for value in (length, dead, counters, published, applied, oldest, now):
-        if isinstance(value, Exception):
-            raise value
-    per_consumer = {
-        _text(c["name"]): {"pending": int(c["pending"]), "idle_ms": int(c["idle"])}
-        for c in consumers
-    }
-    pending = sum(c["pending"] for c in per_consumer.values())
-    server_s = now[0] + now[1] / 1e6
-    oldest_age = server_s - _id_key(_text(oldest[0][0]))[0] / 1000 if oldest else 0.0
-    counts = {_text(k): int(v) for k, v in counters.items()}
-    return {
-        "stream": keys.stream,
-        "time": server_s,
-        "length": int(length),
-        "pending": pending,
-        # XLEN is undelivered + pending because acked entries are deleted with their ack.
-        "undelivered": int(length) - pending,
-        "oldest_age_s": round(max(oldest_age, 0.0), 3),
-        "consumers": per_consumer,
-        "dead_letters": int(dead),
-        "published": int(published),
-        "applied": int(applied),
-        "skipped": counts.get("skipped", 0),
-        "claimed": counts.get("claimed", 0),
-    }
-
-
-def rates(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
-    """Published and applied groups per second between two `stats()` snapshots."""
-    dt = max(after["time"] - before["time"], 1e-9)
-    return {
-        "published_per_s": (after["published"] - before["published"]) / dt,
-        "applied_per_s": (after["applied"] - before["applied"]) / dt,
-    }
-
-
 def _pairs(fields: list[bytes] | None) -> dict[bytes, bytes] | None:
     return None if fields is None else dict(zip(fields[::2], fields[1::2], strict=True))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _id_key(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)

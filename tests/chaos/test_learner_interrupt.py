@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from system.transport.queue import QueueKeys, RolloutQueue
+from system.transport.keys import QueueKeys
+from system.transport.queue import RolloutQueue
 from tests.integration.learner_helpers import make_groups, run_ranks
 from tests.integration.test_learner_grpo import learner_config, spec_for
 

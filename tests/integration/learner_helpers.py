@@ -152,7 +152,7 @@ def rank_main(rank: int, world: int, port: int, spec: dict[str, Any], out_dir: s
     )  # fmt: skip
     worker.config_score_group = spec.get("score_group")
     if spec.get("poison_steps"):
-        from system.chaos.faults import NaNObjective
+        from system.chaos.data_faults import NaNObjective
 
         worker.objective = NaNObjective(worker.objective, worker, set(spec["poison_steps"]))
     result: dict[str, Any] = {"resumed": worker.resume() if spec.get("resume") else False}

@@ -173,7 +173,7 @@ def test_weight_push_reaches_actor_and_later_groups(actor_setup, redis_server):
 
 
 def test_admission_waits_for_the_learner(actor_setup, redis_server):
-    from actors.rollout import learner_version_key
+    from system.transport.keys import QueueKeys
 
     ray, actor, config, _, _ = actor_setup
     ray.get(actor.set_learner_version.remote(-100))  # far behind: no batch may start
@@ -186,7 +186,7 @@ def test_admission_waits_for_the_learner(actor_setup, redis_server):
     # Without the driver's override the version is read from the Redis key.
     ray.get(actor.set_learner_version.remote(None))
     client = redis_server.client()
-    key = learner_version_key(config.queue.stream_prefix, config.name)
+    key = QueueKeys.of(config.queue.stream_prefix, config.name).learner_version
     client.set(key, -100)
     assert not ray.get(actor.admitted.remote())
     client.set(key, 10**6)
@@ -205,13 +205,13 @@ def test_killed_actor_restarts_from_its_arguments(actor_setup, redis_server):
 
     from transformers import AutoModelForImageTextToText
 
-    from actors.rollout import publish_weights_version
+    from system.transport.keys import QueueKeys, publish_versions
 
     ray, actor, config, _, path = actor_setup
     gc.collect()
     time.sleep(1.0)  # Ray's owner releases a creation task's arguments once it has run
     client = redis_server.client()
-    publish_weights_version(client, config.queue.stream_prefix, config.name, 2)
+    publish_versions(client, QueueKeys.of(config.queue.stream_prefix, config.name), weights=2)
     pid = ray.get(actor.__ray_call__.remote(lambda _: os.getpid()))
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 600

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 
 import system.orchestration.driver
-from system.chaos.faults import Fault
 from system.chaos.ledger import Ledger
 from system.chaos.runner import Harness, _fault_rows, _train_through
+from system.chaos.scene import Fault
 
 
 class Flaky(Fault):
