@@ -288,9 +288,11 @@ class LearnerWorker:
             raise CheckpointError(error or f"checkpoint of step {step} failed on another rank")
         new_ids = [g for rank_ids in groups for g in rank_ids]
         # Kept as a list, not deduplicated: a group applied twice stays visible in the state.
-        twice = set(self.state.applied_group_ids).intersection(new_ids)
-        if twice or len(set(new_ids)) < len(new_ids):
-            log.error("groups applied twice before step %d: %s", step, sorted(twice)[:5])
+        # Only rollout groups must be applied once; SFT records come round again each epoch.
+        if isinstance(self.source, QueueSource):
+            twice = set(self.state.applied_group_ids).intersection(new_ids)
+            if twice or len(set(new_ids)) < len(new_ids):
+                log.error("groups applied twice before step %d: %s", step, sorted(twice)[:5])
         applied = self.state.applied_group_ids + new_ids
         committed = replace(
             self.state,

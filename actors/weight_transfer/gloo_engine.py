@@ -38,6 +38,8 @@ from system.transport.weight_sync import Bucket, BucketEntry, unpack_bucket
 log = logging.getLogger("reelrl.weight_transfer")
 
 GROUP_PREFIX = "reelrl-weights"
+# Seconds between the INFO summaries of loaded weight versions.
+SUMMARY_S = 300.0
 
 
 class WeightTransferError(RuntimeError):
@@ -143,6 +145,7 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         self._buckets_staged = 0
         self._reloader: ModelReloader | None = None
         self._received = _Received()
+        self._summary = _Summary()
 
     def init_transfer_engine(self, init_info: GlooInitInfo) -> None:
         self.shutdown()
@@ -224,15 +227,17 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         started, replays = time.monotonic(), self._reloader.replays
         self._reloader.load(staged, used)
         r = self._received
-        log.info(
+        load_s = time.monotonic() - started
+        log.debug(
             "weights v%d: %.1f MiB in %d bucket(s) received in %.1f ms, loaded in %.1f ms (%s)",
             r.version,
             r.nbytes / 2**20,
             len(used),
             r.seconds * 1e3,
-            (time.monotonic() - started) * 1e3,
+            load_s * 1e3,
             "replayed" if self._reloader.replays > replays else "vLLM's full path",
         )
+        self._summary.add(r, load_s)
 
     def shutdown(self) -> None:
         self.group = None
@@ -248,3 +253,36 @@ class _Received:
     version: int = -1
     nbytes: int = 0
     seconds: float = 0.0
+
+
+@dataclass
+class _Summary:
+    """Weight versions loaded since the last INFO line: the first version, then one line
+    every `SUMMARY_S` (each version's own line is at DEBUG)."""
+
+    versions: int = 0
+    nbytes: int = 0
+    receive_s: float = 0.0
+    load_s: float = 0.0
+    last: float | None = None
+
+    def add(self, received: _Received, load_s: float) -> None:
+        self.versions += 1
+        self.nbytes += received.nbytes
+        self.receive_s += received.seconds
+        self.load_s += load_s
+        now = time.monotonic()
+        if self.last is not None and now - self.last < SUMMARY_S:
+            return
+        n = self.versions
+        log.info(
+            "weights up to v%d: %d version(s) loaded since the last report, %.1f MiB each, "
+            "received in %.1f ms and loaded in %.1f ms on average (REELRL_LOG=DEBUG: each)",
+            received.version,
+            n,
+            self.nbytes / n / 2**20,
+            self.receive_s / n * 1e3,
+            self.load_s / n * 1e3,
+        )
+        self.versions, self.nbytes, self.receive_s, self.load_s = 0, 0, 0.0, 0.0
+        self.last = now

@@ -6,7 +6,6 @@ faults in the data: `system.chaos.data_faults`). `FAULT_CLASSES` names them all.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import threading
@@ -18,9 +17,6 @@ from system.chaos.ledger import Ledger
 from system.chaos.report import Row
 from system.chaos.scene import Fault, Scene, kill_later, pid_of, since
 from system.config.errors import first_line
-
-log = logging.getLogger("reelrl.chaos")
-
 
 # ------------------------------------------------------------------------ 1. rollout actor
 

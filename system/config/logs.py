@@ -4,6 +4,12 @@ Every process that runs project code calls `configure()`: the CLI, the Ray actor
 learner ranks) and every vLLM process (through the gloo engine's plugin registration), so
 messages such as a weight version's receive and load times or a rank's resume reach the
 job's log wherever they are raised. Idempotent; `REELRL_LOG=WARNING` quiets it.
+
+It also quiets what libraries repeat in every process and every step without anything to act
+on: DeepSpeed's calls of deprecated torch.distributed collectives (a FutureWarning per call
+site and rank), transformers' progress bars for tiny saves and loads, and vLLM's "Failed to
+load weights" warning per layer type on a partial (trainable-only) weight update, which does
+load. `REELRL_LOG=DEBUG` leaves them all on.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s [pid %(process)d]: %(message)s"
 
@@ -39,3 +46,22 @@ def configure() -> None:
     handler._reelrl = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
+    if logger.level > logging.DEBUG:
+        quiet_libraries()
+
+
+# vLLM's logger for layer-wise reloading: a warning per layer type a partial update skips.
+VLLM_RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+
+
+def quiet_libraries() -> None:
+    """Silence the libraries' repeated notices that say nothing to act on (module doc)."""
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning
+    )
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # else the variable above reaches it at import
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    logging.getLogger(VLLM_RELOAD_LOGGER).setLevel(logging.ERROR)

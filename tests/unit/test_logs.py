@@ -46,3 +46,21 @@ def test_the_handler_writes_to_the_current_stderr(reelrl_logger, monkeypatch):
     monkeypatch.setattr("sys.stderr", replaced)
     logging.getLogger("reelrl.y").warning("after the swap")
     assert "after the swap" in replaced.getvalue()
+
+
+def test_library_noise_is_quieted_and_ours_is_not(reelrl_logger, monkeypatch):
+    import warnings
+
+    from system.config.logs import VLLM_RELOAD_LOGGER, quiet_libraries
+
+    reload_logger = logging.getLogger(VLLM_RELOAD_LOGGER)
+    monkeypatch.setattr(reload_logger, "level", logging.NOTSET)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_libraries()
+        warnings.warn(
+            "`torch.distributed.all_gather_into_tensor` is deprecated.", FutureWarning, stacklevel=1
+        )
+        warnings.warn("`reelrl.thing` is deprecated.", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["`reelrl.thing` is deprecated."]
+    assert reload_logger.level == logging.ERROR
