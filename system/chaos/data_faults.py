@@ -194,7 +194,7 @@ class NaNStop(NaN):
         super().inject(scene)
 
     def stopped(self, exc: BaseException, scene: Scene) -> None:
-        self.error = first_line(exc)
+        self.error = first_line(exc, limit=None)  # the whole line is checked below
         self.handled = time.time()
 
     def check(self, row: Row, ledger: Ledger) -> None:

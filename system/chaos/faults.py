@@ -285,7 +285,7 @@ class CheckpointUnwritable(Fault):
     def stopped(self, exc: BaseException, scene: Scene) -> None:
         from system.transport.checkpoint import latest, read_state
 
-        self.error = first_line(exc)
+        self.error = first_line(exc, limit=None)  # the whole line is checked below
         self.blocker.unlink()  # what the operator fixes before --resume
         path = latest(self.real)
         state = read_state(path)

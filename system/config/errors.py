@@ -21,8 +21,8 @@ class NonFiniteError(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient norm."""
 
 
-def first_line(exc: BaseException) -> str:
-    """The first non-blank line of an exception's message (at most 300 characters), or its
-    type's name: enough to say what failed in one console line."""
+def first_line(exc: BaseException, limit: int | None = 300) -> str:
+    """The first non-blank line of an exception's message (cut at `limit` characters; None:
+    whole), or its type's name: enough to say what failed in one console line."""
     lines = [line for line in str(exc).splitlines() if line.strip()]
-    return lines[0].strip()[:300] if lines else type(exc).__name__
+    return lines[0].strip()[:limit] if lines else type(exc).__name__

@@ -379,4 +379,4 @@ def _get_batch(path: str, reader: Any, indices: tuple[int, ...]) -> np.ndarray:
 
 def _first_line(exc: Exception) -> str:
     # decord prefixes "[hh:mm:ss] /its/source.cc:123: "; the rest is the useful part.
-    return _DECORD_PREFIX.sub("", first_line(exc))
+    return _DECORD_PREFIX.sub("", first_line(exc, limit=None))
