@@ -423,16 +423,16 @@ def remote_rollout_actor(config: RunConfig, index: int = 0, count: int = 1) -> A
     Its arguments are small values Ray keeps in the actor's creation spec, never objects in
     the object store that may be freed before a restart needs them; the actor reads its
     records from the dataset files. The Redis password variable is forwarded from the
-    driver's environment, never written down; vLLM logs at ERROR unless `VLLM_LOGGING_LEVEL`
-    or `REELRL_LOG=DEBUG` says otherwise."""
+    driver's environment, never written down; vLLM and torch log at ERROR unless
+    `REELRL_LOG=DEBUG` or their own variables say otherwise (`system.config.logs.library_env`)."""
     import os
 
     import ray
 
+    from system.config.logs import library_env
+
     env = {k: os.environ[k] for k in (config.queue.password_env,) if k in os.environ}
-    # vLLM's own start-up notices (tens of lines per engine) only at DEBUG; errors always.
-    debug = os.environ.get("REELRL_LOG", "").upper() == "DEBUG"
-    env["VLLM_LOGGING_LEVEL"] = os.environ.get("VLLM_LOGGING_LEVEL", "INFO" if debug else "ERROR")
+    env.update(library_env())
     cls = ray.remote(RolloutActor)
     return cls.options(
         max_restarts=config.rollout.max_restarts,

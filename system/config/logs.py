@@ -50,6 +50,24 @@ def configure() -> None:
         quiet_libraries()
 
 
+# What the processes a run starts (Ray actors, the engine processes they spawn) print at import
+# and start-up with nothing to act on: vLLM's start-up notices, torch's "No CUDA runtime is
+# found" from every process on a CPU host with a CUDA toolkit, c10's NUMA-binding notice. The
+# variables reach those processes through the actors' runtime environment.
+QUIET_ENV = {"VLLM_LOGGING_LEVEL": "ERROR", "TORCH_LOGS": "-torch", "TORCH_CPP_LOG_LEVEL": "ERROR"}
+
+
+def library_env() -> dict[str, str]:
+    """Environment variables for the actors a run starts: `QUIET_ENV`, except with
+    `REELRL_LOG=DEBUG`; a variable already set in this process is passed on as it is."""
+    debug = os.environ.get("REELRL_LOG", "").upper() == "DEBUG"
+    return {
+        name: os.environ.get(name, quiet)
+        for name, quiet in QUIET_ENV.items()
+        if name in os.environ or not debug
+    }
+
+
 # vLLM's logger for layer-wise reloading: a warning per layer type a partial update skips.
 VLLM_RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
 

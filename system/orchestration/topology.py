@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from system.config import RunConfig, StageConfig
 from system.config.errors import WeightSyncError
+from system.config.logs import library_env
 from system.orchestration.placement import LazySender, placement, rendezvous, weight_sender
 from system.orchestration.recovery import (
     LearnerDied,
@@ -374,6 +375,7 @@ class Topology:
         sender = self.new_sender(addr, sync_port) if self.grpo else None
         env = {"DS_ACCELERATOR": "cuda" if r.gpus_per_learner_rank else "cpu"}
         env.update(self.backend.actor_env(cfg))
+        env.update(library_env())
         remote = ray.remote(LearnerWorker)
         self.learners = [
             remote.options(

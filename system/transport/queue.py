@@ -408,7 +408,10 @@ class RolloutQueue:
         )
         self._inflight.pop(stream_id, None)
         if moved:
-            log.warning("dead-lettered %s of %s: %s", stream_id, self.keys.stream, reason)
+            # A group gone stale is async RL working as configured (`rollout.max_staleness`;
+            # the stage's accounting counts them): INFO. Any other reason is a warning.
+            level = logging.INFO if reason.startswith("stale") else logging.WARNING
+            log.log(level, "dead-lettered %s of %s: %s", stream_id, self.keys.stream, reason)
 
     def interrupted(self) -> bool:
         """Whether the driver asks the learner ranks to abandon the step they wait in."""

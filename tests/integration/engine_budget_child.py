@@ -35,6 +35,7 @@ def main(model: str) -> dict:
     [out] = llm.generate(["count: one two"], SamplingParams(n=2, max_tokens=8))
     return {
         "kv_cache_bytes": args.kv_cache_memory_bytes,
+        "executor": args.distributed_executor_backend,
         "rss_bytes": psutil.Process(os.getpid()).memory_info().rss,
         "completions": [len(c.token_ids) for c in out.outputs],
     }

@@ -34,4 +34,5 @@ def test_engine_starts_beside_two_extra_gib(tiny_qwen2_5_vl):
     assert report["rss_bytes"] > 2 * (1 << 30)  # the ballast was held throughout
     # The tiny model's default: 4 prompts x G 8 sequences of 1024 tokens at 2 KiB a token.
     assert report["kv_cache_bytes"] == int(32 * 1024 * 2048 * 1.1) + (64 << 20)
+    assert report["executor"] == "uni"  # on CPU the worker runs in the engine-core process
     assert len(report["completions"]) == 2 and all(n >= 1 for n in report["completions"])

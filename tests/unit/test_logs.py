@@ -64,3 +64,15 @@ def test_library_noise_is_quieted_and_ours_is_not(reelrl_logger, monkeypatch):
         warnings.warn("`reelrl.thing` is deprecated.", FutureWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["`reelrl.thing` is deprecated."]
     assert reload_logger.level == logging.ERROR
+
+
+def test_actors_get_quiet_library_variables_unless_debug(monkeypatch):
+    from system.config.logs import QUIET_ENV, library_env
+
+    for name in (*QUIET_ENV, "REELRL_LOG"):
+        monkeypatch.delenv(name, raising=False)
+    assert library_env() == QUIET_ENV
+    monkeypatch.setenv("TORCH_CPP_LOG_LEVEL", "INFO")  # the user's own setting is passed on
+    assert library_env()["TORCH_CPP_LOG_LEVEL"] == "INFO"
+    monkeypatch.setenv("REELRL_LOG", "debug")  # debugging: nothing quieted
+    assert library_env() == {"TORCH_CPP_LOG_LEVEL": "INFO"}
