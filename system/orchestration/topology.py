@@ -110,9 +110,17 @@ class Topology:
     # ----------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
-        if self.grpo:
-            self._start_rollout_actors()
+        """Start the stage's processes. The rollout engines and the learner ranks start side by
+        side (each is mostly imports and model loading, tens of seconds); colocated on a GPU,
+        the engines first, so vLLM sizes its memory before the learner takes any."""
+        import ray
+
+        starting = self._start_rollout_actors() if self.grpo else []
+        if self.colocated:
+            ray.get(starting)
+            starting = []
         self.start_learners()
+        ray.get(starting)
 
     def begin(self, step: int) -> None:
         """After resume: push the learner's weights to the engines and start generating."""
@@ -397,9 +405,8 @@ class Topology:
             for rank in range(ranks)
         ]
 
-    def _start_rollout_actors(self) -> None:
-        import ray
-
+    def _start_rollout_actors(self) -> list[Any]:
+        """Create the rollout actors; their `start` calls, not waited for."""
         from actors.rollout import remote_rollout_actor
         from system.data.records import load_shard
         from system.transport.redis_server import connect
@@ -409,7 +416,7 @@ class Topology:
         n = cfg.rollout.num_engines
         load_shard(cfg.data, 0, n)  # refuses here, not in every actor, too few records
         self.actors = [remote_rollout_actor(cfg, i, n) for i in range(n)]
-        ray.get([a.start.remote() for a in self.actors])
+        return [a.start.remote() for a in self.actors]
 
     def new_sender(self, address: str, port: int) -> LazySender:
         from functools import partial

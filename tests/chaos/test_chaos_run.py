@@ -24,6 +24,7 @@ SHORT = [
     "data.synthetic.n_text=16",
     "rollout.sampling.max_new_tokens=24",
     "logging.console_every_s=5",
+    "eval.enabled=false",  # no fault involves the held-out evaluation
 ]
 
 

