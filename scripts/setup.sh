@@ -27,7 +27,7 @@ fi
 UV=$(command -v uv || true)
 if [[ -z "$UV" ]]; then
   echo "setup: installing uv through pip"
-  "$PY" -m pip install --quiet --user uv
+  "$PY" -m pip install --quiet --user --root-user-action=ignore uv
   UV="$("$PY" -m site --user-base)/bin/uv"
 fi
 
@@ -41,5 +41,6 @@ args=(pip install --python "$VENV/bin/python" --compile-bytecode -e ".[$flavor,d
 [[ $flavor == cpu ]] && args+=(--override scripts/overrides-cpu.txt)
 DS_BUILD_OPS=0 "$UV" "${args[@]}"
 
-"$VENV/bin/python" -c "import system, actors, learner, torch, torchvision, vllm, deepspeed, ray, decord; print('setup: imports ok, torch', torch.__version__)"
+accelerator=cpu; [[ $flavor == gpu ]] && accelerator=cuda
+DS_ACCELERATOR=${DS_ACCELERATOR:-$accelerator} "$VENV/bin/python" -c "import system, actors, learner, torch, torchvision, vllm, deepspeed, ray, decord; print('setup: imports ok, torch', torch.__version__)"
 echo "$want" > "$stamp"
