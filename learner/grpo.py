@@ -1,7 +1,12 @@
 """The GRPO math as pure functions over tensors: group-normalised advantages, token log-probs
 from logits, the clipped policy-gradient term with a truncated importance weight for stale
-(off-policy) samples, the KL penalty to a reference policy (k1 / k3), the two loss
-aggregations and the step metrics.
+(off-policy) samples (AReaL's decoupled objective), the KL penalty to a reference policy
+(k1 / k2 / k3), the two loss aggregations and the step metrics.
+
+Numerics: advantages are computed in float64 and are exactly 0 for a group whose rewards are
+all equal (within `ADVANTAGE_TOL`); masking uses `torch.where`, so a non-finite value at a
+padded position never reaches the loss or its gradient; log-ratios are clamped to
+±`LOG_RATIO_CLAMP` before `exp` and k3 to [0, `K3_CLAMP`] (verl's clamps).
 
 Shapes: B sequences, L token positions (completion tokens; `mask` marks the real ones), V
 vocabulary, G samples per group. Nothing here knows about DeepSpeed, queues or models; the
@@ -17,7 +22,14 @@ from typing import Literal
 import torch
 
 Aggregation = Literal["token_mean", "sequence_mean"]
-KLEstimator = Literal["k1", "k3"]
+KLEstimator = Literal["k1", "k2", "k3"]
+
+ADVANTAGE_TOL = 1e-6
+"""Groups whose reward spread (max - min) is at most this get advantages of exactly 0."""
+LOG_RATIO_CLAMP = 20.0
+"""|log ratio| bound before exp (ratios, IS weights, k3): exp(20) ~ 5e8, finite in fp32."""
+K3_CLAMP = 10.0
+"""Upper bound of a per-token k3 value (verl's low_var_kl clamp)."""
 
 
 def group_advantages(
@@ -25,15 +37,27 @@ def group_advantages(
 ) -> torch.Tensor:
     """(r - mean) / (std + eps) within each group, or r - mean without the std.
 
-    rewards: [N, G] (N groups of G samples) -> advantages [N, G]. The std is the population
-    std (divide by G), so a group of two with rewards {0, 1} gets advantages of about +-1.
+    rewards: [N, G] (N groups of G samples) -> advantages [N, G], in rewards' dtype. The std is
+    the population std (divide by G), so a group of two with rewards {0, 1} gets advantages of
+    about +-1. Computed in float64; a group whose spread is <= `ADVANTAGE_TOL` gets exactly 0
+    (float32 rounding of the mean, amplified by 1/eps, would otherwise give every sample of a
+    no-signal group a large advantage of one sign).
+
+    Dividing by the std (GRPO) weighs a group by how close to all-right or all-wrong it is
+    (Dr. GRPO's "difficulty bias"); `scale_by_std=False` is Dr. GRPO's unbiased choice.
     """
-    mean = rewards.mean(dim=-1, keepdim=True)  # [N, 1]
-    centred = rewards - mean  # [N, G]
-    if not scale_by_std:
-        return centred
-    std = rewards.std(dim=-1, keepdim=True, unbiased=False)  # [N, 1]
-    return centred / (std + eps)
+    r = rewards.double()  # [N, G]
+    centred = r - r.mean(dim=-1, keepdim=True)  # [N, G]
+    spread = r.amax(dim=-1, keepdim=True) - r.amin(dim=-1, keepdim=True)  # [N, 1]
+    flat = spread <= ADVANTAGE_TOL  # [N, 1]
+    if scale_by_std:
+        centred = centred / (r.std(dim=-1, keepdim=True, unbiased=False) + eps)
+    return torch.where(flat, torch.zeros_like(centred), centred).to(rewards.dtype)
+
+
+def _exp_log_ratio(log_ratio: torch.Tensor) -> torch.Tensor:
+    """exp of a clamped log-ratio: finite for any finite input, +-inf saturate."""
+    return torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
 
 
 def token_logprobs(
@@ -70,10 +94,11 @@ def truncated_is_weight(
     """min(pi_old / pi_behaviour, cap) per token, [B, L] -> [B, L], no gradient.
 
     pi_behaviour is the policy that sampled the tokens (vLLM, possibly some weight versions
-    behind); pi_old is the learner's policy at the start of the step. The weight corrects the
-    gradient for the gap between the two; the cap bounds its variance."""
+    behind); pi_old is the proximal policy: the learner's at the start of the step. The weight
+    corrects the gradient for the gap between the two; the cap bounds its variance (truncated
+    IS: no lower bound, a token the learner now finds unlikely simply weighs little)."""
     log_ratio = (old_logprobs - behaviour_logprobs).detach()  # [B, L]
-    return torch.exp(log_ratio).clamp(max=cap)
+    return _exp_log_ratio(log_ratio).clamp(max=cap)
 
 
 def policy_loss(
@@ -91,7 +116,7 @@ def policy_loss(
     [1 - clip_low, 1 + clip_high]; loss = -w * min(ratio * A, clip(ratio) * A).
     Returns (loss [B, L], clipped [B, L] bool).
     """
-    ratio = torch.exp(logprobs - old_logprobs.detach())  # [B, L]
+    ratio = _exp_log_ratio(logprobs - old_logprobs.detach())  # [B, L]
     adv = advantages.unsqueeze(-1)  # [B, 1]
     unclipped = ratio * adv  # [B, L]
     clipped_ratio = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)  # [B, L]
@@ -109,13 +134,22 @@ def kl_penalty(
 ) -> torch.Tensor:
     """Per-token estimate of KL(pi || pi_ref) from samples of pi: [B, L] -> [B, L].
 
-    k1 = log pi - log pi_ref (unbiased, can be negative); k3 = exp(d) - d - 1 with
-    d = log pi_ref - log pi (unbiased, always >= 0, lower variance)."""
+    As values (metrics), all three estimate KL(pi || pi_ref) (Schulman's k1, k2, k3). As a
+    loss term their gradients differ, in expectation over samples of pi:
+    - k1 = log pi - log pi_ref: gradient 0 (E_pi[grad log pi] = 0): no regularisation, so the
+      config refuses it as a loss term;
+    - k2 = (log pi - log pi_ref)^2 / 2: the gradient of KL(pi || pi_ref) (biased value);
+    - k3 = exp(d) - d - 1, d = log pi_ref - log pi (>= 0, unbiased value, low variance): the
+      gradient of KL(pi_ref || pi), the forward KL (GRPO paper, verl's low_var_kl). d is
+      clamped to +-`LOG_RATIO_CLAMP` and k3 to <= `K3_CLAMP`, as verl does, so one token whose
+      reference log-prob exceeds the policy's by ~90 cannot overflow fp32 (exp(88) = inf)."""
     if estimator == "k1":
         return logprobs - ref_logprobs
+    if estimator == "k2":
+        return 0.5 * (logprobs - ref_logprobs).square()
     if estimator == "k3":
-        d = ref_logprobs - logprobs  # [B, L]
-        return torch.exp(d) - d - 1.0
+        d = (ref_logprobs - logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, L]
+        return (torch.exp(d) - d - 1.0).clamp(max=K3_CLAMP)
     raise ValueError(f"unknown KL estimator {estimator!r}")
 
 
@@ -128,18 +162,23 @@ def aggregate(
 ) -> torch.Tensor:
     """Reduce per-token values [B, L] under mask [B, L] to a scalar.
 
-    token_mean: sum over all real tokens / number of real tokens (long sequences weigh more);
-    sequence_mean: mean over sequences of each sequence's token mean. `total_tokens` /
-    `total_sequences` replace the local counts when this batch is one part of a larger step
-    (micro-batches, ranks), so the parts add up to the step's mean.
+    token_mean: sum over all real tokens / number of real tokens (DAPO; every token weighs the
+    same, so long sequences weigh more); sequence_mean: mean over sequences of each sequence's
+    token mean (the GRPO paper; a token of a short sequence weighs more, the length bias Dr.
+    GRPO points out). `total_tokens` / `total_sequences` replace the local counts when this
+    batch is one part of a larger step (micro-batches, ranks), so the parts add up to the
+    step's mean. Masked positions are selected out (`torch.where`), never multiplied by 0: an
+    inf or NaN there changes neither the value nor the gradient.
     """
-    mask = mask.to(values.dtype)  # [B, L]
+    keep = mask.bool()  # [B, L]
+    values = torch.where(keep, values, torch.zeros((), dtype=values.dtype))  # [B, L]
+    weights = keep.to(values.dtype)  # [B, L]
     if mode == "token_mean":
-        denom = mask.sum() if total_tokens is None else total_tokens
-        return (values * mask).sum() / max(float(denom), 1.0)
+        denom = weights.sum() if total_tokens is None else total_tokens
+        return values.sum() / max(float(denom), 1.0)
     if mode == "sequence_mean":
-        lengths = mask.sum(dim=-1).clamp(min=1.0)  # [B]
-        per_seq = (values * mask).sum(dim=-1) / lengths  # [B]
+        lengths = weights.sum(dim=-1).clamp(min=1.0)  # [B]
+        per_seq = values.sum(dim=-1) / lengths  # [B]
         denom = mask.shape[0] if total_sequences is None else total_sequences
         return per_seq.sum() / max(float(denom), 1.0)
     raise ValueError(f"unknown aggregation {mode!r}")
@@ -174,6 +213,7 @@ def grpo_loss(
     is_cap: float,
     beta: float = 0.01,
     ref_logprobs: torch.Tensor | None = None,
+    old_logprobs: torch.Tensor | None = None,
     kl_estimator: KLEstimator = "k3",
     aggregation: Aggregation = "token_mean",
     total_tokens: float | None = None,
@@ -182,30 +222,46 @@ def grpo_loss(
     """The GRPO objective of one micro-batch: clipped policy term, truncated IS weight, and
     beta x KL to the reference, aggregated with the step totals.
 
-    logprobs [B, L] (learner, with grad), behaviour_logprobs [B, L] (vLLM), advantages [B],
-    mask [B, L], ref_logprobs [B, L]. One optimizer step per batch: pi_old is the learner's
-    policy at this step, i.e. `logprobs` detached, so the ratio is 1 in value and the clip only
-    acts on repeated updates; staleness is corrected by the IS weight pi_old / pi_behaviour.
+    logprobs [B, L] (learner, with grad), behaviour_logprobs [B, L] (vLLM, what sampled the
+    tokens), advantages [B], mask [B, L], ref_logprobs [B, L], old_logprobs [B, L].
+
+    The decoupled objective (AReaL): the ratio pi / pi_old is clipped against the proximal
+    policy pi_old — the learner's own log-probs of the batch, computed once before its first
+    update (`old_logprobs`) — and the gap between pi_old and the behaviour policy is corrected
+    by the truncated IS weight min(pi_old / pi_behaviour, is_cap). Without `old_logprobs` (one
+    update per batch), pi_old is `logprobs` detached: the ratio is 1 in value, the clip is
+    inactive and only the IS weight acts, which is the same loss as the proximal form at
+    the first of several updates. Inputs at masked positions are replaced before any
+    arithmetic, so padding holding inf or NaN leaves loss and gradient finite.
     """
-    old = logprobs.detach()  # [B, L]
-    weight = truncated_is_weight(old, behaviour_logprobs, is_cap)  # [B, L]
+    keep = mask.bool()  # [B, L]
+    logprobs = torch.where(keep, logprobs, torch.zeros((), dtype=logprobs.dtype))
+    old = logprobs.detach() if old_logprobs is None else _masked(old_logprobs, keep)
+    behaviour = _masked(behaviour_logprobs, keep)  # [B, L]
+    weight = truncated_is_weight(old, behaviour, is_cap)  # [B, L]
     policy, clipped = policy_loss(logprobs, old, advantages, clip_low, clip_high, weight)
     per_token = policy  # [B, L]
     kl = None
     if beta > 0:
         if ref_logprobs is None:
             raise ValueError("beta > 0 needs ref_logprobs")
-        kl = kl_penalty(logprobs, ref_logprobs.detach(), kl_estimator)  # [B, L]
+        kl = kl_penalty(logprobs, _masked(ref_logprobs, keep), kl_estimator)  # [B, L]
         per_token = per_token + beta * kl
     loss = aggregate(per_token, mask, aggregation, total_tokens, total_sequences)
-    ratio = torch.exp(logprobs - old).detach()
-    return GRPOTerms(loss, policy.detach(), kl, ratio, clipped, weight)
+    ratio = _exp_log_ratio(logprobs - old).detach()  # [B, L]
+    return GRPOTerms(loss, policy.detach(), kl, ratio, clipped & keep, weight)
+
+
+def _masked(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """A detached input with its masked positions set to 0 (finite whatever padding held)."""
+    return torch.where(keep, values.detach(), torch.zeros((), dtype=values.dtype))
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
     """Mean of values [B, L] over mask [B, L] (0 when the mask is empty)."""
-    mask = mask.to(values.dtype)
-    return float((values * mask).sum() / mask.sum().clamp(min=1.0))
+    keep = mask.bool()
+    picked = values[keep]
+    return float(picked.mean()) if picked.numel() else 0.0
 
 
 def grpo_metrics(

@@ -40,14 +40,17 @@ class Objective(Protocol):
         logits: torch.Tensor,
         ref_logprobs: torch.Tensor | None,
         totals: StepTotals,
+        old_logprobs: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """(scalar loss for this part of the step, metrics)."""
+        """(scalar loss for this part of the step, metrics). `old_logprobs` [B, L]: the
+        proximal policy's, when the batch gets several updates (None: one update)."""
         ...
 
 
 class GRPOObjective:
-    """Clipped policy gradient + truncated IS + β·KL (learner.grpo), on the policy at the
-    rollouts' sampling temperature (the engine reports log-probs after temperature too)."""
+    """Clipped policy gradient against the proximal policy + truncated IS to the behaviour
+    policy + β·KL (learner.grpo), on the policy at the rollouts' sampling temperature (the
+    engine reports log-probs after temperature too)."""
 
     def __init__(self, config: GRPOConfig, temperature: float = 1.0) -> None:
         self.config = config
@@ -60,6 +63,7 @@ class GRPOObjective:
         logits: torch.Tensor,
         ref_logprobs: torch.Tensor | None,
         totals: StepTotals,
+        old_logprobs: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.config
         logprobs = token_logprobs(logits, batch.targets, self.temperature)  # [B, L]
@@ -73,6 +77,7 @@ class GRPOObjective:
             is_cap=c.is_cap,
             beta=c.beta,
             ref_logprobs=ref_logprobs,
+            old_logprobs=old_logprobs,
             kl_estimator=c.kl_estimator,
             aggregation=c.aggregation,
             total_tokens=totals.tokens,
@@ -98,5 +103,6 @@ class SFTObjective:
         logits: torch.Tensor,
         ref_logprobs: torch.Tensor | None,
         totals: StepTotals,
+        old_logprobs: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         return sft_loss(logits, batch.targets, batch.loss_mask, totals.tokens)

@@ -6,7 +6,9 @@ A step: take this rank's groups (or SFT examples) from its `BatchSource`, collat
 micro-batches, agree with the other ranks on the micro-batch count (a rank that has fewer
 repeats its last one with weight 0, so the ZeRO-3 gathers stay in step) and on the step-wide
 token / sequence totals, then forward (policy, and reference when the objective wants it),
-loss, backward for each micro-batch, and one optimizer step. A rank whose source returns no
+loss, backward for each micro-batch, and one optimizer step — or, with
+`learner.grpo.iterations` = mu > 1, the reference and proximal log-probs of every micro-batch
+computed once, then mu passes of forward/backward and an optimizer update each. A rank whose source returns no
 batch (the driver interrupted the wait for groups: a stop request, a rollout restart) makes
 every rank return `{"interrupted": 1}` without stepping (the flag is all-reduced before the
 first collective of the step). A step whose loss or gradient
@@ -93,6 +95,8 @@ class LearnerWorker:
             if algorithm == "grpo"
             else SFTObjective()
         )
+        self.iterations = learner.grpo.iterations if algorithm == "grpo" else 1
+        """Optimizer updates per batch (`learner.grpo.iterations`; SFT: 1)."""
         self.source = source or self._default_source(algorithm)
         self.sender = sender
         # Exports are collective: every rank must know whether rank 0 has somewhere to send.
@@ -159,17 +163,15 @@ class LearnerWorker:
         micro += [micro[-1].filler()] * (n_micro - len(micro))
         totals = StepTotals(tokens=tokens, sequences=seqs)
         timing = {"data_s": time.perf_counter() - t0, "forward_s": 0.0, "backward_s": 0.0}
-        losses, metrics, bad = [], [], False
-        for i, mb in enumerate(micro):
-            loss, m = self._micro_step(mb.to(self.device), totals, last=i == n_micro - 1, t=timing)
-            bad |= not math.isfinite(loss)
-            losses.append(loss)
-            if mb.weight > 0:
-                metrics.append(m)
-        t1 = time.perf_counter()
-        applied, grad_norm = self._optimizer_step(bad)
-        timing["optimizer_s"] = time.perf_counter() - t1
-        out = self._finish_step(applied, grad_norm, losses, metrics, batch.rewards, timing)
+        timing |= {"optimizer_s": 0.0}
+        fixed = self._fixed_logprobs(micro, timing) if self.iterations > 1 else None
+        metrics: list[dict[str, float]] = []
+        updates = [
+            self._update(micro, totals, timing, fixed, metrics) for _ in range(self.iterations)
+        ]
+        applied = all(ok for _, ok, _ in updates)
+        first_losses, grad_norm = updates[0][0], updates[-1][2]
+        out = self._finish_step(applied, grad_norm, first_losses, metrics, batch.rewards, timing)
         if batch.samples:
             out.update(batch.sample_means())
         out["step_s"] = time.perf_counter() - t0
@@ -177,19 +179,71 @@ class LearnerWorker:
         out["trained_sequences"] = seqs
         return out
 
+    def _update(
+        self,
+        micro: list[MicroBatch],
+        totals: StepTotals,
+        timing: dict[str, float],
+        fixed: list[tuple[torch.Tensor | None, torch.Tensor]] | None,
+        metrics: list[dict[str, float]],
+    ) -> tuple[list[float], bool, float]:
+        """Forward/backward of every micro-batch, then one optimizer update: (micro-batch
+        losses, whether the update was applied, gradient norm). Appends to `metrics`."""
+        losses, bad = [], False
+        for i, mb in enumerate(micro):
+            last = i == len(micro) - 1
+            given = None if fixed is None else fixed[i]
+            loss, m = self._micro_step(mb.to(self.device), totals, last, timing, given)
+            bad |= not math.isfinite(loss)
+            losses.append(loss)
+            if mb.weight > 0:
+                metrics.append(m)
+        t1 = time.perf_counter()
+        applied, grad_norm = self._optimizer_step(bad)
+        timing["optimizer_s"] += time.perf_counter() - t1
+        return losses, applied, grad_norm
+
+    def _fixed_logprobs(
+        self, micro: list[MicroBatch], t: dict[str, float]
+    ) -> list[tuple[torch.Tensor | None, torch.Tensor]]:
+        """(reference, proximal) log-probs [B, L] of every micro-batch, computed once before the
+        first of several updates: the proximal policy the clip is measured against is the
+        policy as it was when the batch arrived."""
+        t0 = time.perf_counter()
+        out = []
+        with torch.no_grad():
+            for mb in micro:
+                mb = mb.to(self.device)
+                ref = self._reference_logprobs(mb)
+                logits = self.engine(**mb.model_inputs()).logits  # [B, L, V]
+                old = token_logprobs(logits, mb.targets, self.objective.temperature)
+                del logits
+                out.append((ref, old))
+        t["forward_s"] += time.perf_counter() - t0
+        return out
+
+    def _reference_logprobs(self, mb: MicroBatch) -> torch.Tensor | None:
+        if self.reference is None:
+            return None
+        with torch.no_grad():
+            ref_logits = self.reference(**mb.model_inputs()).logits  # [B, L, V]
+            return token_logprobs(ref_logits, mb.targets, self.objective.temperature)
+
     def _micro_step(
-        self, mb: MicroBatch, totals: StepTotals, last: bool, t: dict[str, float]
+        self,
+        mb: MicroBatch,
+        totals: StepTotals,
+        last: bool,
+        t: dict[str, float],
+        fixed: tuple[torch.Tensor | None, torch.Tensor] | None = None,
     ) -> tuple[float, dict[str, float]]:
         t0 = time.perf_counter()
         self.engine.set_gradient_accumulation_boundary(last)
-        ref_logprobs = None
-        if self.reference is not None:
-            with torch.no_grad():
-                ref_logits = self.reference(**mb.model_inputs()).logits
-                ref_logprobs = token_logprobs(ref_logits, mb.targets, self.objective.temperature)
-                del ref_logits
+        ref_logprobs, old_logprobs = fixed if fixed is not None else (None, None)
+        if fixed is None:
+            ref_logprobs = self._reference_logprobs(mb)
         logits = self.engine(**mb.model_inputs()).logits  # [B, L, V]
-        loss, metrics = self.objective.loss(mb, logits, ref_logprobs, totals)
+        loss, metrics = self.objective.loss(mb, logits, ref_logprobs, totals, old_logprobs)
         # DeepSpeed averages gradients over ranks; the loss is already a share of the step.
         scaled = loss * (mb.weight * self.world_size)
         t1 = time.perf_counter()

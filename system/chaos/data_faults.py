@@ -139,8 +139,10 @@ class NaNObjective:
         self.needs_reference = inner.needs_reference
         self.temperature = inner.temperature
 
-    def loss(self, batch: Any, logits: Any, ref_logprobs: Any, totals: Any) -> Any:
-        loss, metrics = self.inner.loss(batch, logits, ref_logprobs, totals)
+    def loss(
+        self, batch: Any, logits: Any, ref_logprobs: Any, totals: Any, old_logprobs: Any = None
+    ) -> Any:
+        loss, metrics = self.inner.loss(batch, logits, ref_logprobs, totals, old_logprobs)
         if self.worker.global_step + 1 in self.steps:
             loss = loss * float("nan")
         return loss, metrics

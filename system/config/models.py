@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Family = Literal["qwen2_5_vl", "qwen3_vl"]
 # The task kinds a dataset record can be; each has its grader in actors/rewards.
@@ -193,18 +193,39 @@ class QueueConfig(_Section):
 class GRPOConfig(_Section):
     beta: float = Field(0.01, ge=0)
     """KL coefficient to the reference policy (0: no reference model)."""
-    kl_estimator: Literal["k1", "k3"] = "k3"
-    """KL estimator."""
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", validate_default=True)
+    """KL estimator of the loss term beta x KL: k3 (GRPO paper, verl low_var_kl; its gradient
+    is that of KL(ref || policy)) or k2 (squared log-ratio / 2; its gradient is that of
+    KL(policy || ref)). k1's expected gradient is zero, so it is refused when beta > 0."""
     clip_low: float = Field(0.2, ge=0)
-    """Lower clip epsilon of the ratio."""
+    """Lower clip epsilon of the ratio policy / proximal policy (active from the second of
+    `iterations` updates, or with GPU non-determinism)."""
     clip_high: float = Field(0.28, ge=0)
-    """Upper clip epsilon of the ratio."""
+    """Upper clip epsilon of the ratio (DAPO's clip-higher)."""
+    iterations: int = Field(1, ge=1)
+    """Updates per batch (mu in the GRPO paper, TRL's num_iterations): the proximal log-probs
+    are computed once before the first, then `iterations` optimizer updates run on the same
+    batch with the clip active. 1: one update, the ratio is 1 and only the IS weight acts."""
     scale_by_std: bool = True
-    """Divide group-centred rewards by their std (False: the no-std variant)."""
+    """Divide group-centred rewards by their (population) std, as GRPO does; this weighs
+    near-all-right / near-all-wrong groups more (Dr. GRPO's difficulty bias). False: Dr. GRPO."""
     aggregation: Literal["token_mean", "sequence_mean"] = "token_mean"
-    """How per-token losses are reduced."""
+    """How per-token losses are reduced: token_mean (DAPO: every completion token weighs the
+    same) or sequence_mean (the GRPO paper: each sequence's token mean, then the mean over
+    sequences; short sequences' tokens weigh more, the length bias Dr. GRPO points out)."""
     is_cap: float = Field(2.0, gt=0)
-    """Cap of the truncated importance weight between learner and behaviour policy."""
+    """Cap of the truncated importance weight proximal / behaviour policy (stale samples)."""
+
+    @field_validator("kl_estimator")
+    @classmethod
+    def _kl_regularises(cls, value: str, info: ValidationInfo) -> str:
+        beta = info.data.get("beta", 0.0)
+        if value == "k1" and beta > 0:
+            raise ValueError(
+                "k1 cannot be a loss term (its expected gradient is zero, so "
+                f"learner.grpo.beta={beta} would regularise nothing); use k3 or k2, or beta: 0"
+            )
+        return value
 
 
 class OptimizerConfig(_Section):
@@ -215,7 +236,8 @@ class OptimizerConfig(_Section):
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas."""
     warmup_steps: int = Field(0, ge=0)
-    """Linear warm-up, then constant."""
+    """Linear warm-up, then constant; counted in optimizer updates (steps x
+    `learner.grpo.iterations`)."""
     grad_clip: float = Field(1.0, gt=0)
     """Gradient-norm clip."""
 

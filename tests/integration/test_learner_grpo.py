@@ -1,6 +1,6 @@
 """Two learner ranks, DeepSpeed ZeRO-3 over gloo, the tiny Qwen2.5-VL, groups from a real
-Redis stream: GRPO steps raise the likelihood of positive-advantage completions and lower it
-for negative ones, the vision tower stays bit-identical while projector and LLM move, a bad
+Redis stream: GRPO steps (two updates per batch, against the proximal log-probs of the batch)
+raise the likelihood of positive-advantage completions and lower it for negative ones, the vision tower stays bit-identical while projector and LLM move, a bad
 group is dead-lettered with its reason, and weight export delivers the gathered tensors."""
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def test_grpo_two_ranks_zero3(
     queue = RolloutQueue(redis_client, redis_run, queue_config)
     for g in [bad, *groups[1:]]:
         queue.produce(g)
-    config = learner_config(queue_config, redis_run)
+    config = learner_config(queue_config, redis_run, grpo={"beta": 0.01, "iterations": 2})
     actions = ["export_all", "step", "step", "export", "checkpoint"]
     spec = spec_for(config, tiny_qwen2_5_vl, tmp_path / "ckpt", queue_config, redis_server,
                     actions, sender=True)  # fmt: skip
@@ -78,7 +78,10 @@ def test_grpo_two_ranks_zero3(
     metrics = r0["metrics"]
     assert [m["step"] for m in metrics] == [1.0, 2.0]
     assert all(m["applied"] == 1.0 and np.isfinite(m["loss"]) for m in metrics)
-    assert metrics[0]["ratio_mean"] == pytest.approx(1.0)
+    # Two updates per batch: the second measures its ratio against the log-probs taken before
+    # the first, so it moved away from 1 (recomputing them each update would keep it at 1);
+    # the IS weight (proximal / behaviour) stays 1: the behaviour policy is the start policy.
+    assert metrics[0]["ratio_max"] > 1.0 + 1e-4 and metrics[0]["ratio_min"] < 1.0 - 1e-4
     assert metrics[0]["is_weight_mean"] == pytest.approx(1.0, abs=1e-3)  # behaviour = policy
 
     # Dead letter with its reason; four good groups applied, acked after the checkpoint.

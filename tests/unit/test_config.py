@@ -95,6 +95,8 @@ def test_overrides_are_parsed_as_yaml(tmp_path):
         ("rollout.sampling.top_p=abc", "rollout.sampling.top_p", "valid number"),
         ("model.family=llama", "model.family", "qwen2_5_vl"),
         ("rollout.sampling.temperature=0", "(top level)", "rollout.sampling.temperature"),
+        ("learner.grpo.kl_estimator=k1", "learner.grpo.kl_estimator", "expected gradient is zero"),
+        ("learner.grpo.iterations=0", "learner.grpo.iterations", "greater than or equal to 1"),
     ],
 )
 def test_bad_values_name_the_field(tmp_path, override, field, phrase):

@@ -104,8 +104,10 @@ def test_kl_estimators():
     assert torch.allclose(k3, torch.tensor([expected]))
     assert (k3 >= 0).all()
     assert torch.equal(kl_penalty(logp, logp, "k3"), torch.zeros(1, 2))
+    k2 = kl_penalty(logp, ref, "k2")
+    assert torch.allclose(k2, torch.tensor([[0.5 * math.log(2) ** 2, 0.5 * math.log(0.5) ** 2]]))
     with pytest.raises(ValueError):
-        kl_penalty(logp, ref, "k2")  # type: ignore[arg-type]
+        kl_penalty(logp, ref, "k4")  # type: ignore[arg-type]
 
 
 def test_token_mean_vs_sequence_mean():
