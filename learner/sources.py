@@ -24,6 +24,7 @@ from learner.grpo import group_advantages
 from learner.sft import sft_sequence, sft_target
 from system.config import VideoConfig
 from system.data.records import MixState, RecordMixer
+from system.transport.applied import AppliedIds
 from system.transport.queue import RolloutQueue
 
 log = logging.getLogger("reelrl.learner")
@@ -65,12 +66,17 @@ class BatchSource(Protocol):
         """What to store in the checkpoint (JSON-able)."""
         ...
 
-    def restore(self, state: dict[str, Any], applied_group_ids: list[str]) -> None:
+    def applied_after(self, stream_ids: list[str]) -> dict[str, Any]:
+        """Exactly-once state once `stream_ids` (all ranks' entries since the last checkpoint)
+        are committed: `AppliedIds.to_dict()` ({} for sources without a queue). Rank 0."""
+        ...
+
+    def restore(self, state: dict[str, Any], applied: dict[str, Any]) -> None:
         """Continue from a checkpoint's state."""
         ...
 
-    def committed(self) -> None:
-        """The checkpoint holding every batch so far has committed."""
+    def committed(self, applied: dict[str, Any]) -> None:
+        """The checkpoint holding every batch so far (and `applied`) has committed."""
         ...
 
 
@@ -151,10 +157,14 @@ class QueueSource:
     def state(self) -> dict[str, Any]:
         return {"stream_ids": list(self.uncommitted)}
 
-    def restore(self, state: dict[str, Any], applied_group_ids: list[str]) -> None:
-        self.queue.restore_applied(applied_group_ids)
+    def applied_after(self, stream_ids: list[str]) -> dict[str, Any]:
+        return self.queue.applied_after(stream_ids).to_dict()
 
-    def committed(self) -> None:
+    def restore(self, state: dict[str, Any], applied: dict[str, Any]) -> None:
+        self.queue.restore_applied(AppliedIds.from_dict(applied))
+
+    def committed(self, applied: dict[str, Any]) -> None:
+        self.queue.restore_applied(AppliedIds.from_dict(applied))
         self.queue.ack(self.uncommitted)
         self.uncommitted = []
 
@@ -198,9 +208,12 @@ class RecordSource:
     def state(self) -> dict[str, Any]:
         return {"data_position": self.mixer.state.to_dict()}
 
-    def restore(self, state: dict[str, Any], applied_group_ids: list[str]) -> None:
+    def applied_after(self, stream_ids: list[str]) -> dict[str, Any]:
+        return {}
+
+    def restore(self, state: dict[str, Any], applied: dict[str, Any]) -> None:
         if state.get("data_position") is not None:
             self.mixer.load_state(MixState.from_dict(state["data_position"]))
 
-    def committed(self) -> None:
+    def committed(self, applied: dict[str, Any]) -> None:
         pass

@@ -118,6 +118,8 @@ class LearnerWorker:
         self.frozen_sent = False
         self.packer = BucketPacker()
         self._uncommitted_groups: list[str] = []
+        self._committed_step = 0
+        """Step of the checkpoint the current steps continue from (the audit trail's `after`)."""
         self.last_metrics: dict[str, float] = {}
 
     def _default_source(self, algorithm: str) -> BatchSource:
@@ -341,28 +343,27 @@ class LearnerWorker:
                 ckpt.abort(tmp)
             raise CheckpointError(error or f"checkpoint of step {step} failed on another rank")
         new_ids = [g for rank_ids in groups for g in rank_ids]
-        # Kept as a list, not deduplicated: a group applied twice stays visible in the state.
-        # Only rollout groups must be applied once; SFT records come round again each epoch.
-        if isinstance(self.source, QueueSource):
-            twice = set(self.state.applied_group_ids).intersection(new_ids)
-            if twice or len(set(new_ids)) < len(new_ids):
-                log.error("groups applied twice before step %d: %s", step, sorted(twice)[:5])
-        applied = self.state.applied_group_ids + new_ids
+        stream_ids = [s for st in source_states for s in st.get("stream_ids", [])]
+        applied = self._on_rank0(lambda: self.source.applied_after(stream_ids))
+        rollouts = isinstance(self.source, QueueSource)  # SFT records come round each epoch
+        if rollouts and len(set(new_ids)) < len(new_ids):
+            twice = sorted({g for g in new_ids if new_ids.count(g) > 1})
+            log.error("groups applied twice before step %d: %s", step, twice[:5])
         committed = replace(
-            self.state,
-            applied_group_ids=applied,
-            stream_ids=[s for st in source_states for s in st.get("stream_ids", [])],
-            data_position=source_states[0].get("data_position"),
+            self.state, applied=applied, data_position=source_states[0].get("data_position")
         )
+        after = self._committed_step
 
         def commit() -> Path:
             ckpt.write_state(tmp, committed)
+            if rollouts:
+                ckpt.journal_applied(root, step, after, new_ids)
             return ckpt.commit(root, tmp, step, self.config.checkpoint.keep_last)
 
         final = self._on_rank0(commit)
-        self.state = committed
+        self.state, self._committed_step = committed, step
         self._uncommitted_groups = []
-        self.source.committed()
+        self.source.committed(applied)
         return final
 
     def _on_rank0(self, fn: Any) -> Any:
@@ -373,6 +374,8 @@ class LearnerWorker:
                 result = ("ok", fn())
             except (CheckpointError, OSError) as exc:
                 result = ("error", str(exc))
+            except Exception as exc:  # e.g. Redis gone: every rank must learn of it, or hang
+                result = ("error", f"{type(exc).__name__}: {exc}")
         kind, value = eng.broadcast_object(result)
         if kind == "error":
             raise CheckpointError(value)
@@ -407,10 +410,8 @@ class LearnerWorker:
         if loaded is None:
             raise CheckpointError(f"{path}: DeepSpeed found no loadable state under deepspeed/")
         _set_rng_state(torch.load(path / f"rng_rank{self.rank}.pt", weights_only=False))
-        self.state = state
-        self.source.restore(
-            {"data_position": state.data_position}, applied_group_ids=state.applied_group_ids
-        )
+        self.state, self._committed_step = state, state.step
+        self.source.restore({"data_position": state.data_position}, applied=state.applied)
         log.info("rank %d resumed from %s at step %d", self.rank, path, state.step)
         return True
 

@@ -3,7 +3,8 @@
 `score_completion` is what a rollout actor calls per completion; `temporal_contrast` and
 `has_signal` act on a whole prompt group. Modules: extract (answers from text), graders
 (exact match, numbers, ROUGE-L), math_grader (math-verify with a deadline), temporal (tIoU,
-grounded QA, sub-actions), format, composite, temporal_contrast, group_filter.
+grounded QA, sub-actions), format, composite, temporal_contrast, group_filter, and
+compat_videoauto (the released VideoAuto-R1 scoring, `rewards.compat: videoauto_r1`).
 """
 
 from actors.rewards.composite import (

@@ -6,6 +6,7 @@ answer_twice (VideoAuto-R1) R = w_a1*R_task(a1) + w_a2*R_task(a2) + w_format*R_f
 + w_fallback*R_fallback, where R_fallback = 1 only when a1 is the fallback phrase and a2 is
 correct; think_answer (Video-R1) and direct R = R_task(answer) + w_format*R_fmt.
 Components are unweighted so they can be logged and re-weighted; `total` is the weighted sum.
+`rewards.compat: videoauto_r1` hands the whole score to compat_videoauto (upstream's rules).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from actors.rewards.compat_videoauto import score_videoauto_r1
 from actors.rewards.extract import (
     extract_direct_answer,
     extract_tagged_answer,
@@ -156,6 +158,14 @@ def score_completion(
     verifier: MathVerifier | None = None,
 ) -> CompletionScore:
     """Score a completion for its record under the configured output format and weights."""
+    if config.compat == "videoauto_r1":
+        upstream = score_videoauto_r1(text, target, config, verifier)
+        return CompletionScore(
+            total=upstream.total,
+            components=upstream.components,
+            accuracy=upstream.final / MAX_TASK_REWARD[target.problem_type],
+            correct=is_correct(upstream.final, target.problem_type),
+        )
     fmt = FORMAT_REWARDS[config.format](text)
 
     def grade(answer: str | None) -> float:

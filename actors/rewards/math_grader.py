@@ -38,12 +38,16 @@ class MathVerifier:
         self.timeouts = 0
         """Comparisons that ran past their deadline (the child was killed each time)."""
 
-    def equal(self, gold: str, pred: str, timeout_s: float) -> bool:
-        """Whether math-verify finds `pred` equivalent to `gold`; False past `timeout_s`."""
+    def equal(self, gold: str, pred: str, timeout_s: float, *, raw: bool = False) -> bool:
+        """Whether math-verify finds `pred` equivalent to `gold`; False past `timeout_s`.
+
+        Both texts are parsed as `\\boxed{}` contents, or as given when `raw`.
+        """
         with self._lock:
             proc = self._ensure_started()
             assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write(json.dumps({"gold": gold, "pred": pred}) + "\n")
+            request = {"gold": gold, "pred": pred, **({"raw": True} if raw else {})}
+            proc.stdin.write(json.dumps(request) + "\n")
             proc.stdin.flush()
             line = self._read_line(proc, timeout_s)
             if line is None:

@@ -1,4 +1,4 @@
-"""Child-process side of the math grader: reads JSON lines `{"gold", "pred"}` on stdin and
+"""Child-process side of the math grader: reads JSON lines `{"gold", "pred"[, "raw"]}` on stdin and
 answers `{"ok": bool}` per line on stdout, after a first `{"ready": true}` line.
 
 Run as a script (`python math_worker.py`); it imports only math-verify, never this package,
@@ -17,11 +17,13 @@ import threading
 import time
 
 
-def _verify(gold: str, pred: str) -> bool:
+def _verify(gold: str, pred: str, raw: bool = False) -> bool:
     from math_verify import parse, verify
 
-    gold_parsed = parse(f"\\boxed{{{gold}}}", parsing_timeout=None)
-    pred_parsed = parse(f"\\boxed{{{pred}}}", parsing_timeout=None)
+    # raw: the texts are parsed as given, not as box contents (VideoAuto-R1 compatibility).
+    wrap = "{}" if raw else "\\boxed{{{}}}"
+    gold_parsed = parse(wrap.format(gold), parsing_timeout=None)
+    pred_parsed = parse(wrap.format(pred), parsing_timeout=None)
     if not gold_parsed or not pred_parsed:
         return False
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
@@ -52,7 +54,7 @@ def main() -> None:
     for line in sys.stdin:
         request = json.loads(line)
         try:
-            ok = _verify(request["gold"], request["pred"])
+            ok = _verify(request["gold"], request["pred"], bool(request.get("raw")))
         except Exception:  # any failure on model output grades as wrong, never kills the worker
             ok = False
         sys.stdout.write(json.dumps({"ok": ok}) + "\n")

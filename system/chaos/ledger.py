@@ -2,9 +2,9 @@
 
 Sources: the run's `published` hash (group id -> stream id; the stream id's millisecond part
 is when it was published), the dead-letter stream (reason and payload of each letter), the
-entries still in the stream, the Redis `applied` set (acked) and the `applied_group_ids` list
-of the learner's last committed checkpoint (a list, so a group applied twice shows as a
-repeat). A published group is applied, dead-lettered or still in the stream; anything else is
+entries still in the stream, the queue's `applied` counter (acked) and the checkpoint root's
+audit trail of the committed lineage (`applied_groups.jsonl`: a list per commit, so a group
+applied twice shows as a repeat). A published group is applied, dead-lettered or still in the stream; anything else is
 lost. `window` counts the groups published inside a time window, so each fault's row shows
 what happened to the groups published while it acted.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 from system.config import QueueConfig
 from system.reporting.accounting import POISON_REASONS
-from system.transport.checkpoint import CheckpointError, latest, read_state
+from system.transport.checkpoint import CheckpointError, read_journal
 from system.transport.keys import QueueKeys
 from system.transport.protocol import ProtocolError, decode_group
 
@@ -30,7 +30,8 @@ class Ledger:
     published: dict[str, float] = field(default_factory=dict)
     applied: Counter[str] = field(default_factory=Counter)
     """Group id -> times in the checkpoint's applied list (> 1: applied twice)."""
-    acked: set[str] = field(default_factory=set)
+    acked: int = 0
+    """Entries acked as applied (the queue's counter)."""
     dead: dict[str, str] = field(default_factory=dict)
     """Group id -> dead-letter reason."""
     in_stream: set[str] = field(default_factory=set)
@@ -46,9 +47,9 @@ class Ledger:
         return {g for g, n in self.applied.items() if n > 1}
 
     @property
-    def acked_not_committed(self) -> set[str]:
-        """Acked in Redis but absent from the committed checkpoint: an effect lost."""
-        return self.acked - set(self.applied)
+    def acked_not_committed(self) -> int:
+        """Acked in Redis beyond what the committed lineage applied: an effect lost."""
+        return max(self.acked - sum(self.applied.values()), 0)
 
     def window(self, start: float, end: float) -> dict[str, int]:
         """Counts for the groups published in [start, end)."""
@@ -73,7 +74,7 @@ def read_ledger(client: Any, config: QueueConfig, run: str, checkpoints: Path) -
     ledger = Ledger()
     for gid, sid in client.hgetall(keys.published).items():
         ledger.published[gid.decode()] = _stream_time(sid.decode())
-    ledger.acked = {g.decode() for g in client.smembers(keys.applied)}
+    ledger.acked = int(client.hget(keys.counters, "applied") or 0)
     for sid, fields in client.xrange(keys.dead):
         reason = fields.get(b"reason", b"").decode("utf-8", "replace")
         gid = _group_id(fields.get(b"payload", b""), config.max_message_bytes)
@@ -90,12 +91,11 @@ def read_ledger(client: Any, config: QueueConfig, run: str, checkpoints: Path) -
 
 
 def committed_applied(checkpoints: Path) -> list[str]:
-    """`applied_group_ids` of the last committed checkpoint (empty when there is none)."""
+    """Group ids the committed lineage applied (empty when there is no checkpoint)."""
     try:
-        path = latest(checkpoints)
+        return read_journal(checkpoints)
     except CheckpointError:
         return []
-    return [] if path is None else list(read_state(path).applied_group_ids)
 
 
 def _group_id(payload: bytes, max_bytes: int) -> str | None:

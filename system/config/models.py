@@ -277,6 +277,27 @@ class RewardsConfig(_Section):
     """Bonus when a1 is the fallback phrase and a2 is correct."""
     math_timeout_s: float = Field(5.0, gt=0)
     """Timeout of one math-verify comparison."""
+    compat: Literal["reelrl", "videoauto_r1"] = "reelrl"
+    """Whose training-reward rules: reelrl's graders, or videoauto_r1 = the released VideoAuto-R1
+    reward code reproduced exactly (answer_twice only; its hard-coded fallback bonus, 0.3/1.1
+    added to the a2 reward, replaces w_fallback, which must stay 0.3). Evaluation keeps
+    reelrl's graders. docs/rewards.md lists every difference."""
+
+    @model_validator(mode="after")
+    def _compat_is_reproducible(self) -> RewardsConfig:
+        if self.compat == "videoauto_r1":
+            if self.format != "answer_twice":
+                raise ValueError(
+                    f"rewards.format={self.format!r}: rewards.compat='videoauto_r1' reproduces "
+                    "the answer_twice rewards only"
+                )
+            if self.w_fallback != 0.3:
+                raise ValueError(
+                    f"rewards.w_fallback={self.w_fallback}: under rewards.compat='videoauto_r1' "
+                    "the fallback bonus is VideoAuto-R1's hard-coded 0.3; use compat 'reelrl' "
+                    "to change it"
+                )
+        return self
 
 
 class WeightSyncConfig(_Section):

@@ -8,6 +8,11 @@ renamed to its final name, and then the `latest` pointer file is replaced atomic
 fsync, rename, fsync the directory). A crash or a failed write at any point leaves `latest`
 naming the previous, complete checkpoint; `begin` clears leftovers of an aborted attempt.
 Old checkpoints beyond `keep_last` are pruned after the pointer moves, never the latest.
+
+Beside the checkpoints, `applied_groups.jsonl` is the audit trail of which rollout groups each
+committed step applied (one line per commit, appended and fsynced before `latest` moves): the
+chaos ledger proves "applied twice = 0" from it. It is never read to resume — the bounded
+`TrainingState.applied` is what exactly-once runs on.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from system.config.errors import CheckpointError
 
 LATEST = "latest"
 STATE_FILE = "state.json"
+JOURNAL = "applied_groups.jsonl"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
@@ -35,10 +41,10 @@ class TrainingState:
     """Optimizer steps taken (the global step)."""
     weight_version: int = 0
     """Last weight version exported to the rollout side."""
-    applied_group_ids: list[str] = field(default_factory=list)
-    """Every rollout group id whose effect this checkpoint contains."""
-    stream_ids: list[str] = field(default_factory=list)
-    """Stream ids of the groups applied since the previous checkpoint (acked after commit)."""
+    applied: dict[str, Any] = field(default_factory=dict)
+    """Every rollout entry whose effect this checkpoint contains, as
+    `system.transport.applied.AppliedIds.to_dict()`: a stream-id watermark plus the applied ids
+    above it (bounded: a few ids however long the run)."""
     data_position: dict[str, Any] | None = None
     """`MixState.to_dict()` of the SFT record stream, if any."""
     base_model: str = ""
@@ -55,7 +61,13 @@ class TrainingState:
 
     @classmethod
     def from_json(cls, text: str) -> TrainingState:
-        return cls(**json.loads(text))
+        data = json.loads(text)
+        if "applied_group_ids" in data:
+            raise ValueError(
+                "written by an older reelrl (an applied_group_ids list, no stream watermark); "
+                "start the stage afresh"
+            )
+        return cls(**data)
 
 
 def step_dir_name(step: int) -> str:
@@ -115,6 +127,39 @@ def commit(root: str | Path, tmp: str | Path, step: int, keep_last: int | None =
     if keep_last is not None:
         prune(root, keep_last)
     return final
+
+
+def journal_applied(root: str | Path, step: int, after: int, group_ids: list[str]) -> None:
+    """Append (and fsync) to the audit trail the groups the checkpoint of `step` applied since
+    the checkpoint of step `after` it continues from. Call it before `commit` moves `latest`:
+    a line whose commit then fails is superseded by the next line from the same `after`, or
+    ignored as past the latest checkpoint (see `read_journal`)."""
+    path = Path(root) / JOURNAL
+    line = json.dumps({"step": step, "after": after, "groups": group_ids}) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_journal(root: str | Path) -> list[str]:
+    """Group ids applied by the committed lineage, oldest first. Lines are replayed in order;
+    a line continuing from step `after` discards every kept line past `after` (an attempt
+    abandoned by a resume from an older checkpoint), and lines past the latest committed
+    checkpoint are dropped. A group applied twice appears twice. Empty without a checkpoint."""
+    current = latest(root)
+    path = Path(root) / JOURNAL
+    if current is None or not path.is_file():
+        return []
+    upto = int(current.name.removeprefix("step_"))
+    kept: dict[int, list[str]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        entry = json.loads(line)
+        kept = {s: g for s, g in kept.items() if s <= entry["after"]}
+        kept[entry["step"]] = entry["groups"]
+    return [g for step in sorted(kept) if step <= upto for g in kept[step]]
 
 
 def abort(tmp: str | Path) -> None:

@@ -3,14 +3,13 @@ them, and a read of what they hold.
 
 Keys (prefix = `queue.stream_prefix`): `<prefix>:<run>:rollouts` (the stream, consumer group
 `learner`, one consumer per learner rank), `<prefix>:<run>:dead` (dead letters with their
-reason), `<prefix>:<run>:applied` (set of applied group ids), `<prefix>:<run>:published`
-(group id -> stream id: makes publishing idempotent, and counts it),
-`<prefix>:<run>:counters` (skipped and claimed entries), `<prefix>:<run>:interrupt` (set
+reason), `<prefix>:<run>:published` (group id -> stream id: makes publishing idempotent, and
+counts it), `<prefix>:<run>:counters` (applied, skipped and claimed entries), `<prefix>:<run>:interrupt` (set
 while the driver asks the learner ranks to abandon a step that is waiting for groups),
 `<prefix>:<run>:learner_version` (the learner's step count: the rollout actors' admission
 reads it) and `<prefix>:<run>:weights_version` (the newest weight version pushed to the
 engines: a restarted actor publishes nothing before its engine holds it). The queue
-(`system.transport.queue`) owns the first six; the driver writes the two versions.
+(`system.transport.queue`) owns the first five; the driver writes the two versions.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ class QueueKeys:
 
     stream: str
     dead: str
-    applied: str
     published: str
     counters: str
     interrupt: str
@@ -44,7 +42,6 @@ class QueueKeys:
         return cls(
             stream=f"{base}:rollouts",
             dead=f"{base}:dead",
-            applied=f"{base}:applied",
             published=f"{base}:published",
             counters=f"{base}:counters",
             interrupt=f"{base}:interrupt",
@@ -77,15 +74,14 @@ def read_stats(client: redis.Redis, config: QueueConfig, run: str) -> dict[str, 
     pipe.xlen(keys.dead)
     pipe.hgetall(keys.counters)
     pipe.hlen(keys.published)
-    pipe.scard(keys.applied)
     pipe.xinfo_consumers(keys.stream, GROUP)
     pipe.xrange(keys.stream, "-", "+", count=1)
     pipe.time()
     reply = pipe.execute(raise_on_error=False)
-    length, dead, counters, published, applied, consumers, oldest, now = reply
+    length, dead, counters, published, consumers, oldest, now = reply
     if isinstance(consumers, redis.ResponseError):  # no stream or group yet
         consumers = []
-    for value in (length, dead, counters, published, applied, oldest, now):
+    for value in (length, dead, counters, published, oldest, now):
         if isinstance(value, Exception):
             raise value
     per_consumer = {
@@ -107,7 +103,7 @@ def read_stats(client: redis.Redis, config: QueueConfig, run: str) -> dict[str, 
         "consumers": per_consumer,
         "dead_letters": int(dead),
         "published": int(published),
-        "applied": int(applied),
+        "applied": counts.get("applied", 0),
         "skipped": counts.get("skipped", 0),
         "claimed": counts.get("claimed", 0),
     }

@@ -1,20 +1,22 @@
 """The rollout queue: RolloutGroups from actors to learner ranks over one Redis Stream per run.
 
 The run's keys are `system.transport.keys.QueueKeys`: the stream (consumer group `learner`, one
-consumer per learner rank), dead letters, applied and published group ids, counters, the
-interrupt flag.
+consumer per learner rank), dead letters, published group ids, counters (applied, skipped,
+claimed), the interrupt flag.
 
 Delivery is at-least-once; the effect is exactly-once by these rules:
 - Publishing is one Lua script (capacity check, XADD, bookkeeping), idempotent by group id, so a
   retry after a lost reply adds nothing.
-- Acked entries are XDEL'd in the same Lua script (atomic, one round trip) as their XACK and the
-  SADD of their group ids to the applied set. The stream is never trimmed by length, so nothing unacked is ever removed,
-  and XLEN is exactly undelivered + pending: the backpressure measure.
+- Acked entries are XDEL'd in the same Lua script (atomic, one round trip) as their XACK, and
+  the `applied` counter grows by the entries that script removed (so an entry counts once,
+  whenever it leaves the stream as applied). The stream is never trimmed by length, so nothing
+  unacked is ever removed, and XLEN is exactly undelivered + pending: the backpressure measure.
 - The learner acks only after the checkpoint holding those steps has committed. A crash between
-  the commit and the ack is closed by the learner's checkpoint state: it records the group ids
-  it applied and passes them to `restore_applied` on restart. Redelivered entries (own pending,
-  claimed from dead consumers) whose group id is applied — in Redis or in that state — are acked
-  and skipped, never returned.
+  the commit and the ack, or a Redis restart that lost an ack, is closed by the learner's
+  checkpoint state: `AppliedIds` (system.transport.applied), a stream-id watermark plus the
+  applied ids above it, bounded however long the run. Every rank holds it (`restore_applied`
+  at resume and after each commit); redelivered entries (own pending, claimed from dead
+  consumers) whose stream id it contains are acked and skipped, never returned.
 - A restarted consumer first takes back its own pending entries, then reads new ones; entries
   idle longer than `min_idle_ms` are claimed with XAUTOCLAIM. A live consumer keeps the entries
   it holds fresh (touched at least every `min_idle_ms / 4` while it calls the queue), so
@@ -30,13 +32,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
 
 from system.config import QueueConfig
+from system.transport.applied import AppliedIds
 from system.transport.keys import GROUP, QueueKeys, read_stats, stream_id_key
 from system.transport.protocol import ProtocolError, RolloutGroup, decode_group, encode_group
 from system.transport.redis_server import Link, retrying
@@ -57,20 +60,18 @@ redis.call('HSET', KEYS[2], ARGV[2], id)
 return {1, id}
 """
 
-# KEYS: stream, applied. ARGV: group, n, n stream ids, then their group ids. One script rather
-# than MULTI/EXEC: as atomic, with one command to pack and parse instead of five. Chunked
-# because Lua's unpack is limited to a few thousand values.
+# KEYS: stream, counters. ARGV: group, then the stream ids. One script rather than MULTI/EXEC:
+# as atomic, with one command to pack and parse instead of several. Chunked because Lua's
+# unpack is limited to a few thousand values. Counts what XDEL removed: idempotent.
 _ACK = """
-local n = tonumber(ARGV[2])
-for i = 3, 2 + n, 1000 do
-  local j = math.min(i + 999, 2 + n)
+local removed = 0
+for i = 2, #ARGV, 1000 do
+  local j = math.min(i + 999, #ARGV)
   redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, i, j))
-  redis.call('XDEL', KEYS[1], unpack(ARGV, i, j))
+  removed = removed + redis.call('XDEL', KEYS[1], unpack(ARGV, i, j))
 end
-for i = 3 + n, #ARGV, 1000 do
-  redis.call('SADD', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))
-end
-return n
+if removed > 0 then redis.call('HINCRBY', KEYS[2], 'applied', removed) end
+return removed
 """
 
 # KEYS: stream, dead. ARGV: group, stream id, reason, consumer, deliveries.
@@ -138,7 +139,7 @@ class RolloutQueue:
         self._dead = client.register_script(_DEAD_LETTER)
         self._ack = client.register_script(_ACK)
         self._inflight: dict[str, str] = {}  # stream id -> group id, delivered and not acked
-        self._applied: set[str] = set()  # group ids known applied (acked here or restored)
+        self._applied = AppliedIds()  # stream ids known applied (acked here or restored)
         self._drain = True  # take back own pending entries before reading new ones
         self._claim_cursor = "0-0"
         now = time.monotonic()
@@ -244,9 +245,12 @@ class RolloutQueue:
     def _admit(
         self, sid: str, fields: dict[bytes, bytes] | None, deliveries: int
     ) -> Delivery | None:
-        """Decode one delivered entry; dead-letter it when it is poison, skip it when its
-        group is already applied or held here (a reply replayed after a server restart)."""
+        """Decode one delivered entry; dead-letter it when it is poison, skip it when it is
+        already applied or held here (a reply replayed after a server restart)."""
         if sid in self._inflight:
+            return None
+        if sid in self._applied:
+            self._skip([sid])
             return None
         if deliveries > self.config.max_deliveries:
             reason = (
@@ -264,9 +268,6 @@ class RolloutQueue:
             self.dead_letter(sid, f"undecodable: {exc}", deliveries)
             return None
         self._inflight[sid] = group.group_id
-        if group.group_id in self._applied:
-            self._skip([sid])
-            return None
         return Delivery(sid, group, deliveries)
 
     def _skip(self, stream_ids: list[str]) -> None:
@@ -277,17 +278,8 @@ class RolloutQueue:
 
     def _recover(self, entries: list[tuple[str, dict[bytes, bytes] | None, int]]) -> list[Delivery]:
         """Admit redelivered entries, acking and skipping those already applied."""
-        decoded = [(sid, self._admit(sid, fields, n)) for sid, fields, n in entries]
-        decoded = [(sid, d) for sid, d in decoded if d is not None]
-        if not decoded:
-            return []
-        gids = [d.group.group_id for _, d in decoded]
-        remote = self._call("applied?", lambda: self.client.smismember(self.keys.applied, gids))
-        done = [sid for (sid, _), hit in zip(decoded, remote, strict=True) if hit]
-        if done:
-            self._skip(done)
-        skip = set(done)
-        return [d for sid, d in decoded if sid not in skip]
+        admitted = (self._admit(sid, fields, n) for sid, fields, n in entries)
+        return [d for d in admitted if d is not None]
 
     def _own_pending(self, count: int) -> list[tuple[str, dict[bytes, bytes] | None, int]]:
         """Own pending entries not held by this process, re-claimed (delivery count + 1)."""
@@ -377,28 +369,50 @@ class RolloutQueue:
     def ack(self, stream_ids: Sequence[str]) -> None:
         """Acknowledge entries whose effect is committed (the checkpoint holding their steps).
 
-        One atomic script: XACK, XDEL and SADD of their group ids to the applied set. Ids must
-        come from this instance's deliveries; for groups applied before a restart use
-        `restore_applied`."""
+        One atomic script: XACK, XDEL, and the `applied` counter grows by what XDEL removed.
+        Ids must come from this instance's deliveries; for entries applied before a restart
+        use `restore_applied`."""
         ids = list(stream_ids)
         if not ids:
             return
-        gids = [self._inflight[s] for s in ids if s in self._inflight]
-        keys = [self.keys.stream, self.keys.applied]
-        args = [GROUP, len(ids), *ids, *gids]
-        self._call("ack", lambda: self._link.eval(self._ack, keys, args))
-        self._applied.update(gids)
+        keys = [self.keys.stream, self.keys.counters]
+        self._call("ack", lambda: self._link.eval(self._ack, keys, [GROUP, *ids]))
+        self._applied.add(ids)
         for sid in ids:
             self._inflight.pop(sid, None)
         self._maybe_touch()
 
-    def restore_applied(self, group_ids: Iterable[str]) -> None:
-        """Mark group ids as applied (from the learner's committed checkpoint state), so their
+    def restore_applied(self, applied: AppliedIds) -> None:
+        """Know what the learner's committed checkpoint applied (`TrainingState.applied`), so
         redelivered entries are acked and skipped instead of applied twice."""
-        gids = list(group_ids)
-        if gids:
-            self._call("restore", lambda: self.client.sadd(self.keys.applied, *gids))
-            self._applied.update(gids)
+        self._applied = AppliedIds.from_dict(applied.to_dict())
+
+    def applied_after(self, committing: Collection[str]) -> AppliedIds:
+        """What is applied once the entries `committing` are: the known applied ids plus
+        these, with the watermark moved up to the oldest entry still open in the stream."""
+        out = AppliedIds.from_dict(self._applied.to_dict())
+        out.add(committing)
+        out.advance(self.oldest_open(committing))
+        return out
+
+    def oldest_open(self, committing: Collection[str]) -> str | None:
+        """The oldest entry still in the stream that is neither known applied nor in
+        `committing` (None: there is none) — the watermark of `AppliedIds.advance`."""
+        skip = set(committing)
+        page = len(skip) + 100
+        start = "-"
+        while True:
+            rows = self._call(
+                "oldest", lambda s=start: self.client.xrange(self.keys.stream, s, "+", count=page)
+            )
+            for sid, _fields in rows:
+                text = sid.decode() if isinstance(sid, bytes) else str(sid)
+                if text not in skip and text not in self._applied:
+                    return text
+            if len(rows) < page:
+                return None
+            last = rows[-1][0]
+            start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
 
     def dead_letter(self, stream_id: str, reason: str, deliveries: int = 0) -> None:
         """Move a delivered entry to the dead-letter stream with `reason`, and ack it."""

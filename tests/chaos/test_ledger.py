@@ -1,12 +1,18 @@
 """The ledger the chaos report is built from: a lost group and a group applied twice are
-detected from real state (Redis + the committed checkpoint), poison is counted apart."""
+detected from real state (Redis + the committed lineage's audit trail), poison is counted apart."""
 
 from __future__ import annotations
 
 import pytest
 
 from system.chaos.ledger import read_ledger
-from system.transport.checkpoint import TrainingState, begin, commit, write_state
+from system.transport.checkpoint import (
+    TrainingState,
+    begin,
+    commit,
+    journal_applied,
+    write_state,
+)
 from system.transport.queue import RolloutQueue
 from system.transport.redis_server import connect
 from tests.fixtures.redis import rollout_group
@@ -28,8 +34,11 @@ def test_lost_and_applied_twice_are_detected(queue_config, redis_run, redis_clie
     RolloutQueue(connect(queue_config), redis_run, queue_config, consumer="rank1").consume(8)
     ids = [d.group.group_id for d in applied]
     tmp = begin(tmp_path, 2)
-    write_state(tmp, TrainingState(step=2, applied_group_ids=[*ids, ids[0]]))
+    write_state(tmp, TrainingState(step=2))
+    journal_applied(tmp_path, 1, 0, ids[:1])  # an attempt abandoned by a resume from step 0
+    journal_applied(tmp_path, 2, 0, [*ids, ids[0]])
     commit(tmp_path, tmp, 2)
+    journal_applied(tmp_path, 4, 2, ids[1:])  # past the latest checkpoint: not committed
 
     ledger = read_ledger(redis_client, queue_config, redis_run, tmp_path)
     assert ledger.lost == {got[4].group.group_id}

@@ -19,6 +19,7 @@ def test_checkpoint_kill_resume_matches_uninterrupted(
 ):  # fmt: skip
     from safetensors.torch import load_file
 
+    from system.transport.checkpoint import read_journal
     from system.transport.queue import RolloutQueue
 
     run_a, run_b = f"ra{tmp_path.name[-6:]}", f"rb{tmp_path.name[-6:]}"
@@ -61,7 +62,7 @@ def test_checkpoint_kill_resume_matches_uninterrupted(
         assert torch.allclose(tensor, wc[name], atol=1e-5, rtol=0), name
 
     # No group applied twice: each of the six exactly once, and the queue agrees.
-    applied = c["state"].applied_group_ids
+    applied = read_journal(tmp_path / "b")  # the lineage: step 2 (B), step 3 (C, not B's)
     assert len(applied) == len(set(applied)) == 6
     assert set(applied) == {g.group_id for g in groups}
     stats = queue_b.stats()

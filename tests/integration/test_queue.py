@@ -159,7 +159,8 @@ def test_restart_takes_back_own_pending_and_skips_applied(queue_config, redis_ru
     first = make_queue(queue_config, redis_run, consumer="rank0")
     got = drain(first, 3)
     # The checkpoint holding the first two groups committed; the process died before acking.
-    committed = [d.group.group_id for d in got[:2]]
+    committed = first.applied_after([d.stream_id for d in got[:2]])
+    assert committed.below == got[2].stream_id  # the third is still open (pending)
     restarted = make_queue(queue_config, redis_run, consumer="rank0")
     restarted.restore_applied(committed)
     again = drain(restarted, 2)

@@ -15,7 +15,7 @@ from system.transport.checkpoint import CheckpointError, TrainingState
 def _save(root: Path, step: int, payload: str = "w", keep_last: int | None = None) -> Path:
     tmp = ckpt.begin(root, step)
     (tmp / "weights.bin").write_text(f"{payload}{step}")
-    ckpt.write_state(tmp, TrainingState(step=step, applied_group_ids=[f"g{step}"]))
+    ckpt.write_state(tmp, TrainingState(step=step, applied={"below": f"{step}-0", "above": []}))
     return ckpt.commit(root, tmp, step, keep_last)
 
 
@@ -23,8 +23,7 @@ def test_state_round_trip():
     state = TrainingState(
         step=7,
         weight_version=3,
-        applied_group_ids=["a", "b"],
-        stream_ids=["1-0"],
+        applied={"below": "5-0", "above": ["7-0", "9-1"]},
         data_position={"step": 4, "cursors": [[0, 4]]},
         base_model="/m",
         nonfinite_in_a_row=1,
@@ -100,3 +99,24 @@ def test_write_atomic_replaces(tmp_path):
     ckpt.write_atomic(target, b"two")
     assert target.read_bytes() == b"two"
     assert os.listdir(tmp_path) == ["p"]
+
+
+def test_state_of_an_older_version_is_refused_clearly(tmp_path):
+    (tmp_path / ckpt.STATE_FILE).write_text('{"step": 3, "applied_group_ids": ["a"]}')
+    with pytest.raises(CheckpointError, match="older reelrl"):
+        ckpt.read_state(tmp_path)
+
+
+def test_journal_keeps_the_committed_lineage_only(tmp_path):
+    assert ckpt.read_journal(tmp_path) == []
+    ckpt.journal_applied(tmp_path, 2, 0, ["a", "b"])
+    _save(tmp_path, 2)
+    ckpt.journal_applied(tmp_path, 4, 2, ["c"])  # written, then the commit of 4 never happened
+    assert ckpt.read_journal(tmp_path) == ["a", "b"]
+    # Resumed from step 2 with another interval: step 3 replaces the abandoned step 4.
+    ckpt.journal_applied(tmp_path, 3, 2, ["d"])
+    _save(tmp_path, 3)
+    assert ckpt.read_journal(tmp_path) == ["a", "b", "d"]
+    ckpt.journal_applied(tmp_path, 5, 3, ["c", "a"])  # a repeat is kept: the ledger counts it
+    _save(tmp_path, 5)
+    assert ckpt.read_journal(tmp_path) == ["a", "b", "d", "c", "a"]

@@ -41,12 +41,13 @@ def test_videoauto_r1_recipes_carry_the_paper_settings():
         assert c.learner.grpo.beta == 0.01 and c.learner.optimizer.lr == 1e-6
         assert c.video.max_frames == 256 and c.video.max_video_tokens == 4096
         r = c.rewards
-        assert (r.format, r.w_a1, r.w_a2, r.w_format, r.w_fallback) == (
+        assert (r.format, r.w_a1, r.w_a2, r.w_format, r.w_fallback, r.compat) == (
             "answer_twice",
             0.9,
             1.1,
             1.0,
             0.3,
+            "videoauto_r1",
         )
         assert c.rollout.filter_equal_rewards and c.eval.tau == tau
 
