@@ -417,14 +417,18 @@ class RolloutActor:
             self.engine = None
 
 
-def remote_rollout_actor(config: RunConfig, index: int = 0, count: int = 1) -> Any:
+def remote_rollout_actor(
+    config: RunConfig, index: int = 0, count: int = 1, scheduling_strategy: Any = None
+) -> Any:
     """Rollout actor `index` of `count` on Ray with the configured restarts (a restarted actor
     re-runs `__init__` and starts again on its next `step`, waiting for the current weights).
     Its arguments are small values Ray keeps in the actor's creation spec, never objects in
     the object store that may be freed before a restart needs them; the actor reads its
     records from the dataset files. The Redis password variable is forwarded from the
     driver's environment, never written down; vLLM and torch log at ERROR unless
-    `REELRL_LOG=DEBUG` or their own variables say otherwise (`system.config.logs.library_env`)."""
+    `REELRL_LOG=DEBUG` or their own variables say otherwise (`system.config.logs.library_env`).
+    `scheduling_strategy`: its placement-group bundle (the driver packs the engines); None
+    places it anywhere, on a node offering `resources.rollout_node_label` when set."""
     import os
 
     import ray
@@ -434,10 +438,19 @@ def remote_rollout_actor(config: RunConfig, index: int = 0, count: int = 1) -> A
     env = {k: os.environ[k] for k in (config.queue.password_env,) if k in os.environ}
     env.update(library_env())
     cls = ray.remote(RolloutActor)
+    label = config.resources.rollout_node_label
+    where: dict[str, Any] = (
+        {"scheduling_strategy": scheduling_strategy}
+        if scheduling_strategy is not None
+        else {"resources": {label: 0.001}}
+        if label
+        else {}
+    )
     return cls.options(
         max_restarts=config.rollout.max_restarts,
         num_cpus=config.resources.cpus_per_engine,
         num_gpus=config.resources.gpus_per_engine,
         max_concurrency=16,
         runtime_env={"env_vars": env},
+        **where,
     ).remote(config, index, count)

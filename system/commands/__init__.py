@@ -17,4 +17,5 @@ COMMANDS = [
     "eval",
     "report",
     "chaos",
+    "doctor",
 ]

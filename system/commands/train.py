@@ -20,7 +20,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from system.cli import UserError
     from system.config import ConfigError
-    from system.config.errors import CheckpointError, NonFiniteError
+    from system.config.errors import CheckpointError, NonFiniteError, RecoveryError
     from system.orchestration.driver import train
     from system.orchestration.runtime import RunSetupError
 
@@ -28,7 +28,7 @@ def _run(args: argparse.Namespace) -> int:
         run_dir = train(args.config, args.overrides, resume=args.resume)
     except (ConfigError, RunSetupError) as exc:
         raise UserError(str(exc)) from None
-    except (CheckpointError, NonFiniteError) as exc:
+    except (CheckpointError, NonFiniteError, RecoveryError) as exc:
         # A clear stop: the last committed checkpoint holds; --resume continues from it.
         print(f"reelrl train: stopped: {exc}", file=sys.stderr)
         return 1

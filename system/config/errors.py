@@ -21,6 +21,11 @@ class NonFiniteError(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient norm."""
 
 
+class RecoveryError(RuntimeError):
+    """A fault the run cannot recover from by itself (restarts exhausted, a role's node gone):
+    the run stops; its last committed checkpoint holds and `--resume` continues from it."""
+
+
 def first_line(exc: BaseException, limit: int | None = 300) -> str:
     """The first non-blank line of an exception's message (cut at `limit` characters; None:
     whole), or its type's name: enough to say what failed in one console line."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -39,19 +40,80 @@ def stage_config(config: RunConfig, index: int) -> RunConfig:
     return _validate(data, origin=f"stages[{index}] ({stage.name})")
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+def load_config(
+    path: str | Path, overrides: list[str] | None = None, base_dir: str | Path | None = None
+) -> RunConfig:
     """Load a YAML config (following `extends:`), apply `a.b=c` overrides, validate.
 
-    Every stage's resolved config is validated too, so a bad stage fails here.
+    Every stage's resolved config is validated too, so a bad stage fails here. With
+    `base_dir`, every path of the run (`absolute_paths`) is made absolute against it.
     """
     path = Path(path)
     data = _load_yaml_tree(path, seen=())
     parsed = dict(parse_override(o) for o in overrides or [])
     _apply_overrides(data, parsed, origin="command line")
     config = _validate(data, origin=str(path))
+    if base_dir is not None:
+        config = absolute_paths(config, Path(base_dir))
     for i in range(len(config.stages)):
         stage_config(config, i)
     return config
+
+
+# The run's paths, as key paths into the config: plain strings, and lists of {path: ...}.
+_PATHS = (("output_dir",), ("model", "path"), ("data", "root"), ("data", "synthetic", "out"))
+_PATH_LISTS = (("data", "train"), ("data", "eval"))
+
+
+def absolute_paths(config: RunConfig, base: Path) -> RunConfig:
+    """`config` with every path (output_dir, model.path, data.root, data.synthetic.out, the
+    data.train / data.eval files — in the stages' overrides too) absolute against `base`.
+
+    A driver resolves them once, before Ray starts: relative paths mean "from where the
+    command was run", and on a cluster every process must get the same absolute path (a
+    Ray job's driver, its actors and other nodes each have their own working directory)."""
+    data = config.model_dump(mode="python")
+    _absolutize(data, base)
+    for stage in data["stages"]:
+        for key, value in list(stage["overrides"].items()):
+            stage["overrides"][key] = _absolutize_override(key, value, base)
+    return _validate(data, origin=f"paths resolved against {base}")
+
+
+def _absolutize(tree: dict[str, Any], base: Path) -> None:
+    def resolve(value: Any) -> Any:
+        return os.path.normpath(base / value) if isinstance(value, str) and value else value
+
+    for keys in _PATHS:
+        node = _get(tree, keys[:-1])
+        if isinstance(node, dict) and keys[-1] in node:
+            node[keys[-1]] = resolve(node[keys[-1]])
+    for keys in _PATH_LISTS:
+        for spec in _get(tree, keys) or []:
+            if isinstance(spec, dict) and "path" in spec:
+                spec["path"] = resolve(spec["path"])
+
+
+def _absolutize_override(key: str, value: Any, base: Path) -> Any:
+    """One stage override's value with its paths made absolute (`key` is dotted)."""
+    parts = key.split(".")
+    if any(_key_index(p)[1] is not None for p in parts):  # `data.train[0].path` and the like
+        last = _key_index(parts[-1])[0]
+        if last == "path" and isinstance(value, str):
+            return os.path.normpath(base / value)
+        return value
+    tree: dict[str, Any] = {}
+    _apply_overrides(tree, {key: copy.deepcopy(value)}, origin="stage override")
+    _absolutize(tree, base)
+    return _get(tree, tuple(parts))
+
+
+def _get(tree: Any, keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        if not isinstance(tree, dict):
+            return None
+        tree = tree.get(key)
+    return tree
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -324,6 +324,12 @@ class ResourcesConfig(_Section):
     """CPUs reserved per rollout engine."""
     ray_address: str | None = None
     """Ray cluster to join (None: RAY_ADDRESS, else a local instance)."""
+    learner_node_label: str | None = None
+    """Run learner ranks only on nodes offering this Ray custom resource (e.g. `ray start
+    --resources='{"trainer": 1}'`, or a KubeRay group's rayStartParams): pins the role to a
+    node pool. None: any node."""
+    rollout_node_label: str | None = None
+    """Run rollout actors (vLLM engines) only on nodes offering this Ray custom resource."""
 
 
 class CheckpointConfig(_Section):

@@ -1,7 +1,8 @@
 """The driver of `reelrl train`: the whole process topology is declared here, in one place.
 
-`train()` validates the config (before anything starts), prepares the run directory and
-assets, connects to Ray, starts or reaches the queue's Redis, and runs the stages in order,
+`train()` validates the config (before anything starts; every path made absolute), connects
+to Ray, prepares the run directory and assets, checks that every node that will run a role
+sees the run directory, the model and the data (`storage`), starts or reaches the queue's Redis, and runs the stages in order,
 each from the previous stage's HF export. A stage's processes come from `Topology`:
 placement groups and learner ranks (DeepSpeed, one Ray actor per rank) for every stage, plus
 rollout actors and the weight-sync group for GRPO stages. Actors and learner never spawn each
@@ -28,6 +29,7 @@ from system.orchestration.runtime import (
     prepare_assets,
     start_queue_backend,
 )
+from system.orchestration.storage import check_shared_storage
 from system.orchestration.topology import Topology
 from system.reporting.metrics import MetricsLogger
 from system.transport import checkpoint as ckpt
@@ -48,13 +50,18 @@ class StageResult:
 
 def train(config_path: str, overrides: list[str], resume: str | None = None) -> Path:
     """Run every stage of the config; returns the run directory."""
-    config = load_config(config_path, overrides)  # refused here, before anything starts
+    # Relative paths mean "from where the command ran": fixed now, before Ray starts (a Ray
+    # job's driver may lose its working directory when Ray sets up the job's environment).
+    base = Path.cwd()
+    config = load_config(config_path, overrides, base_dir=base)  # refused here, before anything
+    resume = None if resume is None else str(base / resume)
     preflight(config)
+    where = connect_ray(config, min_cpus=_cpus_needed(config))
+    print(f"ray: {where}", flush=True)
     dirs = create_run_dir(config, resume)
     print(f"run directory: {dirs.root}", flush=True)
     prepare_assets(config)
-    where = connect_ray(config, min_cpus=_cpus_needed(config))
-    print(f"ray: {where}", flush=True)
+    check_shared_storage(config, dirs.root)
     # After ray.init, which installs its own SIGTERM handler in this process.
     with StopFlag() as stop:
         backend = start_queue_backend(config, dirs)

@@ -66,15 +66,85 @@ def weight_sender(
     return build_sender(backend, clients, address, port, timeout_s)
 
 
-def placement(count: int, cpus: float, gpus: float) -> Any:
-    """A ready placement group of `count` equal bundles, packed."""
+LABEL_SHARE = 0.001
+"""How much of a role label's custom resource each bundle takes (any amount > 0 pins it)."""
+
+
+def bundle(cpus: float, gpus: float, label: str | None = None) -> dict[str, float]:
+    """One process's reservation: CPUs, GPUs, and a sliver of its role's node label."""
+    return {
+        "CPU": cpus,
+        **({"GPU": gpus} if gpus else {}),
+        **({label: LABEL_SHARE} if label else {}),
+    }
+
+
+def fits_one_node(bundles: list[dict[str, float]], nodes: list[dict[str, Any]]) -> bool:
+    """Whether one alive node's total resources hold all of `bundles` together."""
+    need: dict[str, float] = {}
+    for b in bundles:
+        for key, value in b.items():
+            need[key] = need.get(key, 0.0) + value
+    return any(
+        node.get("Alive") and all(node["Resources"].get(k, 0.0) >= v for k, v in need.items())
+        for node in nodes
+    )
+
+
+def placement(
+    count: int, cpus: float, gpus: float, label: str | None = None, role: str = "learner"
+) -> Any:
+    """A ready placement group of `count` equal bundles: STRICT_PACK when one node can hold
+    them all (a learner that straddles nodes runs its ZeRO-3 collectives over the network),
+    else PACK. `label` pins the bundles to nodes offering that custom resource."""
     import ray
     from ray.util.placement_group import placement_group
 
-    bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
-    group = placement_group([dict(bundle) for _ in range(count)], strategy="PACK")
+    from system.config.errors import ConfigError
+
+    nodes = ray.nodes()
+    if label and not any(n.get("Alive") and label in n["Resources"] for n in nodes):
+        offered = sorted({k for n in nodes if n.get("Alive") for k in n["Resources"]})
+        raise ConfigError(
+            f"resources.{role}_node_label={label}: no alive node of the cluster offers the "
+            f"resource {label!r} (they offer {', '.join(offered)})"
+        )
+    bundles = [bundle(cpus, gpus, label) for _ in range(count)]
+    strategy = "STRICT_PACK" if fits_one_node(bundles, nodes) else "PACK"
+    group = placement_group(bundles, strategy=strategy)
     ray.get(group.ready(), timeout=300)
     return group
+
+
+def node_of(_instance: Any = None) -> tuple[str, str]:
+    """(IP, node id) of the process it runs in (an actor's, via `__ray_call__`)."""
+    import ray
+
+    return ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id()
+
+
+def describe_placement(roles: dict[str, list[tuple[str, str]]]) -> str:
+    """'placement: node 10.0.0.1 [3f2a1b0c node_a]: learner ranks 0, 1; ...' from role ->
+    (IP, node id) of each process, with each node's custom resources (its role labels)."""
+    import ray
+
+    labels = {
+        n["NodeID"]: sorted(
+            k for k in n["Resources"]
+            if k not in ("CPU", "GPU", "memory", "object_store_memory")
+            and not k.startswith(("node:", "accelerator_type:"))
+        )
+        for n in ray.nodes()
+    }  # fmt: skip
+    by_node: dict[tuple[str, str], list[str]] = {}
+    for role, where in roles.items():
+        for index, key in enumerate(where):
+            by_node.setdefault(key, []).append(f"{role} {index}")
+    parts = [
+        f"node {ip} [{' '.join([node[:8], *labels.get(node, [])])}]: {', '.join(names)}"
+        for (ip, node), names in by_node.items()
+    ]
+    return "placement: " + "; ".join(parts)
 
 
 def rendezvous(group: Any) -> tuple[str, int, int]:

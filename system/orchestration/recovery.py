@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from system.config import RunConfig
-from system.config.errors import WeightSyncError, first_line
+from system.config.errors import RecoveryError, WeightSyncError, first_line
 from system.orchestration.placement import LazySender, rendezvous
 
 log = logging.getLogger("reelrl.driver")
@@ -164,20 +164,37 @@ def await_actors(topology: Processes) -> None:
                 ray.get(ref)
                 del refs[i]
             except ray.exceptions.ActorUnavailableError:
+                _restartable_or_raise(topology.config, i)
                 time.sleep(1.0)  # still restarting: ask again
                 refs[i] = actors[i].start.remote()
             except ray.exceptions.RayActorError as exc:
-                raise RuntimeError(
+                raise RecoveryError(
                     f"rollout actor {i} died for good ({first_line(exc)}); it was restarted "
                     f"rollout.max_restarts={topology.config.rollout.max_restarts} times. "
                     "Resume the run with --resume"
                 ) from None
+        for i in refs:
+            _restartable_or_raise(topology.config, i)
         if refs and time.monotonic() > deadline:
-            raise RuntimeError(
+            raise RecoveryError(
                 f"a restarted rollout actor's engine did not start in {ACTOR_START_S}s"
             )
         if refs:
             collect([w.touch.remote() for w in topology.learners])
+
+
+def _restartable_or_raise(config: RunConfig, index: int) -> None:
+    """A rollout actor pinned to `resources.rollout_node_label` cannot restart while no alive
+    node offers the label (its node left the cluster): say so now rather than wait."""
+    import ray
+
+    label = config.resources.rollout_node_label
+    if label and not any(n.get("Alive") and label in n["Resources"] for n in ray.nodes()):
+        raise RecoveryError(
+            f"rollout actor {index} cannot restart: no alive node offers {label!r} "
+            f"(resources.rollout_node_label); the node it ran on left the cluster. Bring a "
+            "node with that resource back, then resume the run with --resume"
+        )
 
 
 def restart_learners(topology: Processes, reason: str) -> None:
@@ -186,7 +203,7 @@ def restart_learners(topology: Processes, reason: str) -> None:
 
     limit = topology.config.learner.max_restarts
     if topology.learner_restarts >= limit:
-        raise RuntimeError(
+        raise RecoveryError(
             f"{reason}; the learner group was already restarted learner.max_restarts="
             f"{limit} times. Resume the run with --resume"
         )
@@ -196,6 +213,7 @@ def restart_learners(topology: Processes, reason: str) -> None:
     topology.stop_learners(graceful=False)
     ray.util.remove_placement_group(topology.learner_group)
     topology.groups.remove(topology.learner_group)
+    topology.learner_group = None  # start_learners reserves a new one
     topology.start_learners()
     topology.resume()
     if topology.grpo:

@@ -115,12 +115,24 @@ class Topology:
         the engines first, so vLLM sizes its memory before the learner takes any."""
         import ray
 
+        self.learner_group = self._reserve_learners()  # first: whole nodes go to the learner
         starting = self._start_rollout_actors() if self.grpo else []
         if self.colocated:
             ray.get(starting)
             starting = []
         self.start_learners()
         ray.get(starting)
+        print(self.placement_report(), flush=True)
+
+    def placement_report(self) -> str:
+        """Which node each learner rank and rollout actor runs on, from Ray."""
+        import ray
+
+        from system.orchestration.placement import describe_placement, node_of
+
+        learners = ray.get([w.__ray_call__.remote(node_of) for w in self.learners])
+        actors = ray.get([a.__ray_call__.remote(node_of) for a in self.actors])
+        return describe_placement({"learner rank": learners, "rollout actor": actors})
 
     def begin(self, step: int) -> None:
         """After resume: push the learner's weights to the engines and start generating."""
@@ -376,9 +388,9 @@ class Topology:
 
         cfg, r = self.config, self.config.resources
         ranks = cfg.learner.num_ranks
-        group = placement(ranks, r.cpus_per_learner_rank, r.gpus_per_learner_rank)
-        self.groups.append(group)
-        self.learner_group = group
+        if self.learner_group is None:
+            self.learner_group = self._reserve_learners()
+        group = self.learner_group
         addr, port, sync_port = rendezvous(group)
         sender = self.new_sender(addr, sync_port) if self.grpo else None
         env = {"DS_ACCELERATOR": "cuda" if r.gpus_per_learner_rank else "cpu"}
@@ -405,17 +417,37 @@ class Topology:
             for rank in range(ranks)
         ]
 
+    def _reserve_learners(self) -> Any:
+        """The learner ranks' placement group: one node (STRICT_PACK) when they fit one."""
+        r = self.config.resources
+        group = placement(
+            self.config.learner.num_ranks, r.cpus_per_learner_rank, r.gpus_per_learner_rank,
+            r.learner_node_label, role="learner",
+        )  # fmt: skip
+        self.groups.append(group)
+        return group
+
     def _start_rollout_actors(self) -> list[Any]:
-        """Create the rollout actors; their `start` calls, not waited for."""
+        """Create the rollout actors, packed in their own placement group; their `start`
+        calls, not waited for."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
         from actors.rollout import remote_rollout_actor
         from system.data.records import load_shard
         from system.transport.redis_server import connect
 
-        cfg = self.config
+        cfg, r = self.config, self.config.resources
         self.redis = connect(cfg.queue, password=self.backend.password)
         n = cfg.rollout.num_engines
         load_shard(cfg.data, 0, n)  # refuses here, not in every actor, too few records
-        self.actors = [remote_rollout_actor(cfg, i, n) for i in range(n)]
+        group = placement(
+            n, r.cpus_per_engine, r.gpus_per_engine, r.rollout_node_label, role="rollout"
+        )
+        self.groups.append(group)
+        self.actors = [
+            remote_rollout_actor(cfg, i, n, PlacementGroupSchedulingStrategy(group, i))
+            for i in range(n)
+        ]
         return [a.start.remote() for a in self.actors]
 
     def new_sender(self, address: str, port: int) -> LazySender:

@@ -121,7 +121,7 @@ def test_rayjob_runs_a_shipped_config_and_cleans_up():
     job = _by_kind("RayJob")["spec"]
     argv = shlex.split(job["entrypoint"])
     assert argv[:2] == ["reelrl", "train"]
-    assert (ROOT / argv[2]).is_file()
+    assert (ROOT / argv[2].removeprefix("/app/")).is_file()  # the image's WORKDIR is /app
     assert job["shutdownAfterJobFinishes"] is True and job["ttlSecondsAfterFinished"] > 0
     assert isinstance(yaml.safe_load(job["runtimeEnvYAML"]), dict)
     workers = job["rayClusterSpec"]["workerGroupSpecs"]
@@ -153,3 +153,37 @@ def test_dockerfile_copies_paths_that_exist():
         if line.startswith("COPY "):
             for src in line.split()[1:-1]:
                 assert (ROOT / src).exists(), src
+
+
+def _pods(doc: dict) -> list[dict]:
+    spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    return [g["template"]["spec"] for g in groups]
+
+
+def test_storage_is_claimed_shared_and_mounted_everywhere():
+    claims = {
+        doc["metadata"]["name"]: doc["spec"]
+        for name, doc in DOCS
+        if doc["kind"] == "PersistentVolumeClaim" and name.startswith("pvc.yaml")
+    }
+    assert claims["reelrl-runs"]["accessModes"] == ["ReadWriteMany"]
+    assert claims["reelrl-models"]["accessModes"] == ["ReadOnlyMany"]
+    assert claims["reelrl-data"]["accessModes"] == ["ReadOnlyMany"]
+    for kind in ("RayCluster", "RayJob"):
+        for pod in _pods(_by_kind(kind)):
+            used = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}  # fmt: skip
+            assert used == set(claims), (kind, used)
+            mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+            assert {"/app/runs", "/models", "/data"} <= set(mounts), (kind, mounts)
+            assert mounts["/models"]["readOnly"] and mounts["/data"]["readOnly"]
+        for pod in _pods(_by_kind(kind))[1:]:  # GPU workers: a memory-backed /dev/shm
+            shm = [v for v in pod["volumes"] if v["name"] == "dshm"]
+            assert shm and shm[0]["emptyDir"]["medium"] == "Memory"
+
+
+def test_rayjob_entrypoint_paths_are_absolute():
+    argv = shlex.split(_by_kind("RayJob")["spec"]["entrypoint"])
+    assert argv[2].startswith("/app/") and (ROOT / argv[2].removeprefix("/app/")).is_file()
+    paths = [a for a in argv[3:] if "path" in a or "root" in a or "output_dir" in a]
+    assert paths and all("=/" in a or "path: /" in a for a in paths), paths
