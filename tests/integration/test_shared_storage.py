@@ -1,0 +1,78 @@
+"""The run's storage checked from every node of a real two-node Ray cluster on this machine,
+one of whose nodes does not share the run directory: its raylet runs in its own mount
+namespace with an empty tmpfs over the directory, as a host without the NFS mount would.
+
+`reelrl doctor` names that node and the path it cannot read, and passes for a directory both
+nodes see; `reelrl train` on that cluster stops with the same diagnosis before any training
+(no stage directory is created), the model and the data files listed too."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.ray import start_cluster
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def split_cluster(tmp_path_factory):
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.fail("needs root and unshare(1) to give a Ray node its own mount namespace")
+    private = tmp_path_factory.mktemp("not_shared")
+    cluster = start_cluster("node_a", cpus=2)
+    try:
+        # `sh -c SCRIPT DIR ray start ...`: mount over DIR in the new namespace, then the node.
+        mount = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none "$0" && exec "$@"', str(private)]
+        cluster.add_node("node_b", cpus=2, wrap=mount)
+        yield cluster, private
+    finally:
+        cluster.stop()
+
+
+def _reelrl(cluster, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**cluster.env, "RAY_ADDRESS": cluster.address}
+    return subprocess.run(
+        [str(BIN / "reelrl"), *args], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+
+
+def test_doctor_names_the_node_that_does_not_share_the_run_directory(split_cluster, tmp_path):
+    cluster, private = split_cluster
+    out = _reelrl(cluster, "doctor", "--output-dir", str(private / "runs"), cwd=tmp_path)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "2 alive nodes" in out.stdout
+    lines = [x for x in out.stdout.splitlines() if "cannot read" in x]
+    assert len(lines) == 1, out.stdout  # node_b only: node_a is the driver's own
+    assert "node_b" in lines[0] and str(private / "runs" / ".shared" / "driver") in lines[0]
+
+    shared = _reelrl(cluster, "doctor", "--output-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert shared.returncode == 0, shared.stdout + shared.stderr
+    assert "shared by every node" in shared.stdout
+
+
+def test_train_stops_before_any_training_naming_node_and_paths(split_cluster, tmp_path):
+    cluster, private = split_cluster
+    base = private / "train"
+    out = _reelrl(
+        cluster, "train", str(ROOT / "configs" / "debug_cpu.yaml"), "--base-dir", str(base),
+        "data.synthetic.n_train=16", "data.synthetic.n_eval=8", "data.synthetic.n_text=16", cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "the run's storage is not shared by every node" in out.stderr
+    problems = [x for x in out.stderr.splitlines() if x.strip().startswith("node ")]
+    assert problems and all("node_b" in x for x in problems), out.stderr
+    text = "\n".join(problems)
+    assert "tiny-qwen2_5_vl/config.json" in text and "train.jsonl" in text
+    (run,) = (base / "runs").glob("debug-cpu-*")
+    assert not (run / "stages").exists()  # nothing trained, nothing half-written
