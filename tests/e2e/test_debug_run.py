@@ -54,6 +54,7 @@ BIN = Path(sys.executable).parent
 CONFIG = ROOT / "configs" / "debug_cpu.yaml"
 RL_STEPS = 30
 STOP_AFTER = 2  # GRPO steps before the SIGTERM
+LOST_AFTER = 2  # GRPO steps of the resumed job before its rollout node leaves
 Z_MIN = 2.0
 # The resumed job's learner ranks on one node, its rollout actor on the other.
 PINNED = ("resources.learner_node_label=node_a", "resources.rollout_node_label=node_b")
@@ -63,7 +64,8 @@ PINNED = ("resources.learner_node_label=node_a", "resources.rollout_node_label=n
 class DebugRun:
     run: Path
     first: subprocess.CompletedProcess  # stopped by SIGTERM in the GRPO stage
-    resumed: subprocess.CompletedProcess
+    lost_node: subprocess.CompletedProcess  # the job that lost node_b mid-stage
+    resumed: subprocess.CompletedProcess  # the job that finished the run
     stopped_at: int  # the GRPO step of the checkpoint the stop wrote
     groups_per_step: int
 
@@ -72,43 +74,60 @@ def _train_steps(path: Path) -> list[int]:
     return [int(r["step"]) for r in read_metrics(path) if "loss" in r] if path.is_file() else []
 
 
-@pytest.fixture(scope="module")
-def debug_run(tmp_path_factory, ray_cluster) -> DebugRun:
-    tmp = tmp_path_factory.mktemp("debug_run")
-    overrides = [f"output_dir={tmp / 'out'}", f"stages[2].total_steps={RL_STEPS}"]
-    cmd = [sys.executable, "-m", "system.cli", "train", str(CONFIG), *overrides]
-    log = tmp / "first.log"
-    with log.open("w") as sink:  # a file, not a pipe: nothing blocks on a full pipe buffer
+def _run_until(cmd: list[str], log: Path, ready, on_ready, timeout_s: float, **popen) -> str:
+    """Run `cmd` (its output into `log`: a file, not a pipe, so nothing blocks on a full pipe
+    buffer); when `ready()` turns true, call `on_ready(proc)`; then wait for it to end."""
+    with log.open("w") as sink:
         proc = subprocess.Popen(
-            cmd, cwd=tmp, stdout=sink, stderr=subprocess.STDOUT, text=True, start_new_session=True
-        )
+            cmd, stdout=sink, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            **popen,
+        )  # fmt: skip
         try:
-            deadline = time.monotonic() + 1800
-            while time.monotonic() < deadline and proc.poll() is None:
-                rl = list((tmp / "out").glob("*/stages/rl/metrics.jsonl"))
-                if rl and len(_train_steps(rl[0])) >= STOP_AFTER:
-                    break
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline and proc.poll() is None and not ready():
                 time.sleep(1)
             assert proc.poll() is None, log.read_text()[-3000:]
-            os.kill(proc.pid, signal.SIGTERM)
+            on_ready(proc)
             proc.wait(timeout=600)
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
-    first = subprocess.CompletedProcess(cmd, proc.returncode, log.read_text(), "")
+    return subprocess.CompletedProcess(cmd, proc.returncode, log.read_text(), "")
+
+
+@pytest.fixture(scope="module")
+def debug_run(tmp_path_factory, ray_cluster) -> DebugRun:
+    tmp = tmp_path_factory.mktemp("debug_run")
+    overrides = [f"output_dir={tmp / 'out'}", f"stages[2].total_steps={RL_STEPS}"]
+
+    def rl_steps() -> int:
+        rl = list((tmp / "out").glob("*/stages/rl/metrics.jsonl"))
+        return len(_train_steps(rl[0])) if rl else 0
+
+    cmd = [sys.executable, "-m", "system.cli", "train", str(CONFIG), *overrides]
+    first = _run_until(
+        cmd, tmp / "first.log", lambda: rl_steps() >= STOP_AFTER,
+        lambda proc: os.kill(proc.pid, signal.SIGTERM), 1800, cwd=tmp,
+    )  # fmt: skip
     (run,) = (tmp / "out").iterdir()
     stopped_at = read_state(latest(run / "stages" / "rl" / "checkpoints")).step
-    job = ["job", "submit", "--address", ray_cluster.dashboard, "--working-dir", ".",
-           "--runtime-env", "cluster/runtime_env.yaml", "--", "reelrl", "train",
-           "configs/debug_cpu.yaml", "--base-dir", str(tmp)]  # fmt: skip
-    # The same relative paths as the first run (its cwd): the model and data it built.
-    pinned = [*PINNED, *overrides, "--resume", str(run)]
-    resumed = subprocess.run(
-        [str(BIN / "ray"), *job, *pinned], cwd=ROOT, env=ray_cluster.env, capture_output=True,
-        text=True, timeout=2400,
+    job = [str(BIN / "ray"), "job", "submit", "--address", ray_cluster.dashboard,
+           "--working-dir", ".", "--runtime-env", "cluster/runtime_env.yaml", "--", "reelrl",
+           "train", "configs/debug_cpu.yaml", "--base-dir", str(tmp), *PINNED, *overrides,
+           "--resume", str(run)]  # fmt: skip
+    # --base-dir: the same relative paths as the first run (its cwd), the model and data it
+    # built. The job loses node_b (the rollout actor's) a few steps in; then node_b is back.
+    steps = rl_steps()
+    lost_node = _run_until(
+        job, tmp / "lost_node.log", lambda: rl_steps() >= steps + LOST_AFTER,
+        lambda _: ray_cluster.stop_node("node_b"), 1200, cwd=ROOT, env=ray_cluster.env,
     )  # fmt: skip
+    ray_cluster.restart_node("node_b")
+    resumed = subprocess.run(
+        job, cwd=ROOT, env=ray_cluster.env, capture_output=True, text=True, timeout=2400
+    )
     rl_config = stage_config(load_config(str(CONFIG), overrides), 2)
-    return DebugRun(run, first, resumed, stopped_at, rl_config.learner.groups_per_step)
+    return DebugRun(run, first, lost_node, resumed, stopped_at, rl_config.learner.groups_per_step)
 
 
 def _ran(proc: subprocess.CompletedProcess) -> None:
@@ -174,6 +193,19 @@ def test_sigterm_then_resume_loses_nothing_and_applies_nothing_twice(debug_run):
     assert accounting["closed"] and accounting["applied"] == RL_STEPS * debug_run.groups_per_step
 
 
+def test_a_lost_node_stops_the_run_clearly_and_resume_finishes_it(debug_run):
+    lost = debug_run.lost_node
+    assert lost.returncode != 0 and f"resumed at step {debug_run.stopped_at}" in lost.stdout
+    assert (
+        "reelrl train: stopped: rollout actor 0 cannot restart: no alive node offers 'node_b'"
+        in lost.stdout
+    ), lost.stdout[-3000:]
+    # Nothing the lost job trained past the last checkpoint counts twice: the journal holds
+    # each group once, the accounting closes (test_every_component_ran, read after the end).
+    _ran(debug_run.resumed)
+    assert f"resumed at step {debug_run.stopped_at}" in debug_run.resumed.stdout
+
+
 def test_resume_submitted_as_a_ray_job_runs_on_the_cluster(debug_run):
     _ran(debug_run.resumed)
     assert "succeeded" in debug_run.resumed.stdout.lower()
@@ -214,7 +246,7 @@ RAY_START = ("authentication_token_setup.py", "working_dir.py")
 
 
 def test_console_holds_no_warnings(debug_run):
-    for proc in (debug_run.first, debug_run.resumed):
+    for proc in (debug_run.first, debug_run.lost_node, debug_run.resumed):
         console = (proc.stdout + proc.stderr).splitlines()
         alarms = [ln for ln in console if ALARM.search(ln) and not any(r in ln for r in RAY_START)]
         assert not alarms, "\n".join(alarms[:20])

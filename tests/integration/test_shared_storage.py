@@ -1,6 +1,7 @@
-"""The run's storage checked from every node of a real two-node Ray cluster on this machine,
-one of whose nodes does not share the run directory: its raylet runs in its own mount
-namespace with an empty tmpfs over the directory, as a host without the NFS mount would.
+"""The run's storage checked from every node of a real two-node Ray cluster on this machine
+(the session's, shared with the e2e run), one of whose nodes does not share the run
+directory: its raylet runs in its own mount namespace with an empty tmpfs over the directory,
+as a host without the NFS mount would.
 
 `reelrl doctor` names that node and the path it cannot read, and passes for a directory both
 nodes see; `reelrl train` on that cluster stops with the same diagnosis before any training
@@ -8,15 +9,11 @@ nodes see; `reelrl train` on that cluster stops with the same diagnosis before a
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-from tests.fixtures.ray import start_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -25,18 +22,9 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def split_cluster(tmp_path_factory):
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.fail("needs root and unshare(1) to give a Ray node its own mount namespace")
-    private = tmp_path_factory.mktemp("not_shared")
-    cluster = start_cluster("node_a", cpus=2)
-    try:
-        # `sh -c SCRIPT DIR ray start ...`: mount over DIR in the new namespace, then the node.
-        mount = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none "$0" && exec "$@"', str(private)]
-        cluster.add_node("node_b", cpus=2, wrap=mount)
-        yield cluster, private
-    finally:
-        cluster.stop()
+def split_cluster(ray_cluster):
+    """The session's two-node cluster and the directory its node_b does not share."""
+    return ray_cluster, ray_cluster.private
 
 
 def _reelrl(cluster, *args: str, cwd: Path) -> subprocess.CompletedProcess:
