@@ -1,7 +1,7 @@
 """The driver of `reelrl train`: the whole process topology is declared here, in one place.
 
-`train()` validates the config (before anything starts; every path made absolute), connects
-to Ray, prepares the run directory and assets, checks that every node that will run a role
+`train()` validates the config (before anything starts; every path made absolute), prepares
+the run directory and assets, connects to Ray, checks that every node that will run a role
 sees the run directory, the model and the data (`storage`), starts or reaches the queue's
 Redis, and runs the stages in order, each from the previous stage's HF export. A stage's
 processes come from `Topology`: placement groups and learner ranks (DeepSpeed, one Ray actor per rank) for every stage, plus
@@ -63,11 +63,11 @@ def train(
     preflight(config)
     refuse_job_copy(config, resume)
     leave_job_copy()
-    where = connect_ray(config, min_cpus=_cpus_needed(config))
-    print(f"ray: {where}", flush=True)
     dirs = create_run_dir(config, resume)
     print(f"run directory: {dirs.root}", flush=True)
     prepare_assets(config)
+    where = connect_ray(config, min_cpus=_cpus_needed(config))
+    print(f"ray: {where}", flush=True)
     check_shared_storage(config, dirs.root)
     # After ray.init, which installs its own SIGTERM handler in this process.
     with StopFlag() as stop:

@@ -5,12 +5,15 @@ SFT, video SFT and GRPO, stopped by SIGTERM early in the GRPO stage and continue
 `--resume` submitted to a two-node Ray cluster (`ray start --head` and `ray start --address`
 on this machine, as two hosts: `node_a`, `node_b`), then `ray job submit --working-dir . --
 reelrl train ... --base-dir DIR --resume RUN_DIR` with the learner pinned to one node and the
-rollout actor to the other, as an operator would. The tests read the one run:
+rollout actor to the other, as an operator would. That job loses node_b a few steps in (its
+raylet stopped) and stops with a clear error; node_b comes back and the same command resumes
+and finishes the run. The tests read the one run:
 
 - every component ran: the stages hand their exports on, the group accounting closes, every
   group is applied once, the actors' weight versions advance, metrics, TensorBoard events,
   checkpoints, the held-out evaluations and the report exist;
-- SIGTERM then `--resume` loses nothing and applies nothing twice;
+- SIGTERM then `--resume`, and a lost node then `--resume`, lose nothing and apply nothing
+  twice;
 - the submitted job imports the packages from the uploaded working directory, joins the
   cluster it was submitted to, checks the run's storage from both nodes, places the learner
   ranks on one node and the rollout actor on the other, and finishes there;
@@ -54,7 +57,7 @@ BIN = Path(sys.executable).parent
 CONFIG = ROOT / "configs" / "debug_cpu.yaml"
 RL_STEPS = 30
 STOP_AFTER = 2  # GRPO steps before the SIGTERM
-LOST_AFTER = 2  # GRPO steps of the resumed job before its rollout node leaves
+LOST_AFTER = 1  # GRPO steps of the resumed job before its rollout node leaves
 Z_MIN = 2.0
 # The resumed job's learner ranks on one node, its rollout actor on the other.
 PINNED = ("resources.learner_node_label=node_a", "resources.rollout_node_label=node_b")
@@ -113,10 +116,11 @@ def debug_run(tmp_path_factory, ray_cluster) -> DebugRun:
     stopped_at = read_state(latest(run / "stages" / "rl" / "checkpoints")).step
     job = [str(BIN / "ray"), "job", "submit", "--address", ray_cluster.dashboard,
            "--working-dir", ".", "--runtime-env", "cluster/runtime_env.yaml", "--", "reelrl",
-           "train", "configs/debug_cpu.yaml", "--base-dir", str(tmp), *PINNED, *overrides,
-           "--resume", str(run)]  # fmt: skip
-    # --base-dir: the same relative paths as the first run (its cwd), the model and data it
-    # built. The job loses node_b (the rollout actor's) a few steps in; then node_b is back.
+           "train", "configs/debug_cpu.yaml", "--base-dir", str(tmp), *PINNED,
+           f"stages[2].total_steps={RL_STEPS}", "--resume", str(run)]  # fmt: skip
+    # The README's command: --base-dir gives the same relative paths as the first run (its
+    # cwd), the model and data it built; no output_dir override. The job loses node_b (the
+    # rollout actor's) a few steps in; then node_b is back and the same job finishes the run.
     steps = rl_steps()
     lost_node = _run_until(
         job, tmp / "lost_node.log", lambda: rl_steps() >= steps + LOST_AFTER,

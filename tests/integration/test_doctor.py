@@ -1,5 +1,6 @@
-"""`reelrl doctor` on this machine: one line per component, exit 0 when everything a run
-needs imports; a component that cannot be imported is named and the exit status is 1."""
+"""`reelrl doctor` on this machine with a component missing: it is named and the exit status is
+1 (the full report with exit 0 is read in tests/integration/test_shared_storage.py, on the
+two-node cluster)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,6 @@ import pytest
 from tests.fixtures.cli import run_cli
 
 pytestmark = pytest.mark.integration
-
-
-def test_doctor_reports_this_machine_and_exits_zero(capsys, tmp_path):
-    out = run_cli(capsys, "doctor", "--output-dir", str(tmp_path / "runs"))
-    assert out.returncode == 0, out.stdout + out.stderr
-    for component in ("python", "torch", "vllm", "deepspeed", "ray", "decord", "redis-server"):
-        assert any(line.split()[:1] == [component] for line in out.stdout.splitlines()), component
-    assert "gpus" in out.stdout and "rdma" in out.stdout
-    assert f"{tmp_path / 'runs'}: writable" in out.stdout
-    assert out.stdout.rstrip().endswith("ok: everything a run needs is here")
 
 
 def test_doctor_names_a_missing_component_and_exits_one(capsys, tmp_path, monkeypatch):

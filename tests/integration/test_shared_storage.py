@@ -3,8 +3,8 @@
 directory: its raylet runs in its own mount namespace with an empty tmpfs over the directory,
 as a host without the NFS mount would.
 
-`reelrl doctor` names that node and the path it cannot read, and passes for a directory both
-nodes see; `reelrl train` on that cluster stops with the same diagnosis before any training
+`reelrl doctor` names that node and the path it cannot read, and reports this machine and
+passes (exit 0) for a directory both nodes see; `reelrl train` on that cluster stops with the same diagnosis before any training
 (no stage directory is created), the model and the data files listed too."""
 
 from __future__ import annotations
@@ -44,9 +44,15 @@ def test_doctor_names_the_node_that_does_not_share_the_run_directory(split_clust
     assert len(lines) == 1, out.stdout  # node_b only: node_a is the driver's own
     assert "node_b" in lines[0] and str(private / "runs" / ".shared" / "driver") in lines[0]
 
+    # A directory both nodes see: the whole report, and exit 0.
     shared = _reelrl(cluster, "doctor", "--output-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert shared.returncode == 0, shared.stdout + shared.stderr
-    assert "shared by every node" in shared.stdout
+    lines = shared.stdout.splitlines()
+    for component in ("python", "cpu", "torch", "vllm", "deepspeed", "ray", "decord", "gpus"):
+        assert any(x.split()[:1] == [component] for x in lines), (component, shared.stdout)
+    assert any(x.split()[:1] == ["redis-server"] for x in lines) and "rdma" in shared.stdout
+    assert f"{tmp_path / 'runs'}: shared by every node" in shared.stdout
+    assert lines[-1] == "ok: everything a run needs is here"
 
 
 def test_train_stops_before_any_training_naming_node_and_paths(split_cluster, tmp_path):
