@@ -330,6 +330,10 @@ class ResourcesConfig(_Section):
     node pool. None: any node."""
     rollout_node_label: str | None = None
     """Run rollout actors (vLLM engines) only on nodes offering this Ray custom resource."""
+    node_wait_s: float = Field(300.0, ge=0)
+    """When the last node offering `rollout_node_label` leaves, how long the run waits for one
+    to join (a replacement pod, the autoscaler) before it stops with a clear error; its rollout
+    actors restart there."""
 
 
 class CheckpointConfig(_Section):

@@ -156,6 +156,7 @@ def await_actors(topology: Processes) -> None:
 
     actors = topology.actors
     deadline = time.monotonic() + ACTOR_START_S
+    node = NodeWait(topology.config)
     refs = {i: a.start.remote() for i, a in enumerate(actors)}
     while refs:
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=10)
@@ -164,7 +165,7 @@ def await_actors(topology: Processes) -> None:
                 ray.get(ref)
                 del refs[i]
             except ray.exceptions.ActorUnavailableError:
-                _restartable_or_raise(topology.config, i)
+                node.check(i)
                 time.sleep(1.0)  # still restarting: ask again
                 refs[i] = actors[i].start.remote()
             except ray.exceptions.RayActorError as exc:
@@ -174,7 +175,7 @@ def await_actors(topology: Processes) -> None:
                     "Resume the run with --resume"
                 ) from None
         for i in refs:
-            _restartable_or_raise(topology.config, i)
+            node.check(i)
         if refs and time.monotonic() > deadline:
             raise RecoveryError(
                 f"a restarted rollout actor's engine did not start in {ACTOR_START_S}s"
@@ -183,18 +184,44 @@ def await_actors(topology: Processes) -> None:
             collect([w.touch.remote() for w in topology.learners])
 
 
-def _restartable_or_raise(config: RunConfig, index: int) -> None:
-    """A rollout actor pinned to `resources.rollout_node_label` cannot restart while no alive
-    node offers the label (its node left the cluster): say so now rather than wait."""
-    import ray
+class NodeWait:
+    """A rollout actor pinned to `resources.rollout_node_label` restarts only where a node
+    offers the label. When none is alive (its node left the cluster), the run waits up to
+    `resources.node_wait_s` for one to join — Ray then restarts the actor there — and otherwise
+    stops with a clear error rather than waiting out the engine's start-up limit."""
 
-    label = config.resources.rollout_node_label
-    if label and not any(n.get("Alive") and label in n["Resources"] for n in ray.nodes()):
-        raise RecoveryError(
-            f"rollout actor {index} cannot restart: no alive node offers {label!r} "
-            f"(resources.rollout_node_label); the node it ran on left the cluster. Bring a "
-            "node with that resource back, then resume the run with --resume"
-        )
+    def __init__(self, config: RunConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.label = config.resources.rollout_node_label
+        self.wait_s = config.resources.node_wait_s
+        self.clock = clock
+        self.since: float | None = None
+
+    def check(self, index: int) -> None:
+        import ray
+
+        if not self.label:
+            return
+        if any(n.get("Alive") and self.label in n["Resources"] for n in ray.nodes()):
+            if self.since is not None:
+                print(f"a node offering {self.label!r} joined: rollout actor {index} restarts "
+                      "there", flush=True)  # fmt: skip
+                self.since = None
+            return
+        now = self.clock()
+        if self.since is None:
+            self.since = now
+            print(
+                f"rollout actor {index}: no alive node offers {self.label!r} (the node it ran on "
+                f"left the cluster); waiting up to {self.wait_s:.0f}s for one to join "
+                "(resources.node_wait_s)", flush=True,
+            )  # fmt: skip
+        if now - self.since >= self.wait_s:
+            raise RecoveryError(
+                f"rollout actor {index} cannot restart: no alive node has offered "
+                f"{self.label!r} (resources.rollout_node_label) for {self.wait_s:.0f}s "
+                "(resources.node_wait_s); the node it ran on left the cluster. Bring a node "
+                "with that resource back, then resume the run with --resume"
+            )
 
 
 def restart_learners(topology: Processes, reason: str) -> None:

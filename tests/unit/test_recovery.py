@@ -1,11 +1,20 @@
-"""The driver reports a rank's own exception, not Ray's wrapper around it."""
+"""The driver reports a rank's own exception, not Ray's wrapper around it; a rollout actor
+pinned to a node label waits for a node offering it to (re)join, then stops clearly."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+import ray
 import ray.exceptions
 
-from system.orchestration.recovery import raised_by_rank
+from system.config import load_config
+from system.config.errors import RecoveryError
+from system.orchestration.recovery import NodeWait, raised_by_rank
 from system.transport.checkpoint import CheckpointError
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "debug_cpu.yaml"
 
 
 def test_a_rank_error_is_unwrapped_to_its_own_class_and_message():
@@ -24,3 +33,32 @@ def test_a_rank_error_is_unwrapped_to_its_own_class_and_message():
 def test_an_error_without_a_cause_is_kept():
     error = ray.exceptions.GetTimeoutError("no result in 5 s")
     assert raised_by_rank(error) is error
+
+
+def test_a_pinned_actor_waits_for_its_node_label_then_stops_clearly(monkeypatch, capsys):
+    config = load_config(
+        CONFIG, ["resources.rollout_node_label=rollout", "resources.node_wait_s=60"]
+    )
+    worker = {"Alive": True, "Resources": {"CPU": 4.0, "rollout": 1.0}}
+    nodes = [{"Alive": True, "Resources": {"CPU": 4.0}}, worker]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    now = [0.0]
+    wait = NodeWait(config, clock=lambda: now[0])
+    wait.check(0)  # the node is there: nothing to say
+    assert capsys.readouterr().out == ""
+    worker["Alive"] = False  # it left the cluster
+    wait.check(0)
+    assert "waiting up to 60s for one to join" in capsys.readouterr().out
+    now[0] = 59.0
+    wait.check(0)  # still within the wait
+    worker["Alive"] = True  # a replacement joined: the wait ends
+    wait.check(0)
+    assert "joined: rollout actor 0 restarts there" in capsys.readouterr().out
+    worker["Alive"] = False
+    now[0] = 100.0
+    wait.check(0)  # a new wait starts at 100 s
+    now[0] = 160.0
+    with pytest.raises(RecoveryError, match=r"offered 'rollout' .* for 60s .*--resume"):
+        wait.check(0)
+    # Without a label an actor may restart anywhere: nothing to wait for.
+    NodeWait(load_config(CONFIG)).check(0)
