@@ -98,7 +98,7 @@ def _run_until(cmd: list[str], log: Path, ready, on_ready, timeout_s: float, **p
 
 
 @pytest.fixture(scope="module")
-def debug_run(tmp_path_factory, ray_cluster) -> DebugRun:
+def debug_run(tmp_path_factory, request) -> DebugRun:
     tmp = tmp_path_factory.mktemp("debug_run")
     overrides = [f"output_dir={tmp / 'out'}", f"stages[2].total_steps={RL_STEPS}"]
 
@@ -113,6 +113,8 @@ def debug_run(tmp_path_factory, ray_cluster) -> DebugRun:
     )  # fmt: skip
     (run,) = (tmp / "out").iterdir()
     stopped_at = read_state(latest(run / "stages" / "rl" / "checkpoints")).step
+    # The cluster starts only now: its idle raylets would slow the first run.
+    ray_cluster = request.getfixturevalue("ray_cluster")
     job = [str(BIN / "ray"), "job", "submit", "--address", ray_cluster.dashboard,
            "--working-dir", ".", "--runtime-env", "cluster/runtime_env.yaml", "--", "reelrl",
            "train", "configs/debug_cpu.yaml", "--base-dir", str(tmp), *PINNED,

@@ -1,5 +1,5 @@
 """`reelrl doctor` on this machine with a component missing: it is named and the exit status is
-1 (the full report with exit 0 is read in tests/integration/test_shared_storage.py, on the
+1 (the full report with exit 0 is read in tests/e2e/test_shared_storage.py, on the
 two-node cluster)."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The run's storage checked from every node of a real two-node Ray cluster on this machine
-(the session's, shared with the e2e run), one of whose nodes does not share the run
+(the session's, shared with the debug run), one of whose nodes does not share the run
 directory: its raylet runs in its own mount namespace with an empty tmpfs over the directory,
 as a host without the NFS mount would.
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -23,8 +23,11 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def split_cluster(ray_cluster):
-    """The session's two-node cluster and the directory its node_b does not share."""
-    return ray_cluster, ray_cluster.private
+    """The session's two-node cluster and the directory its node_b does not share. This module
+    is its last user (it runs right after test_debug_run.py): the cluster stops at its end, so
+    its idle raylets do not slow the tests that follow."""
+    yield ray_cluster, ray_cluster.private
+    ray_cluster.stop()
 
 
 def _reelrl(cluster, *args: str, cwd: Path) -> subprocess.CompletedProcess:
