@@ -9,7 +9,9 @@ frames with `system.data.video.decode_ref` (hash-checked), runs the processor's 
 count equals both `grid.prod() / merge²` and the reference's predicted token count. Any
 mismatch raises `GroupRejected` with the reason; the worker dead-letters the group. Sequences
 are prompt + completion; the loss mask marks the positions whose next token is a completion
-token, so logits at position t are scored against token t + 1.
+token, so logits at position t are scored against token t + 1. Only the columns from the
+shortest prompt's last token on are scored: the model's LM head runs on those alone
+(`logits_to_keep`), never on the prompt and its video tokens.
 """
 
 from __future__ import annotations
@@ -76,13 +78,18 @@ class MicroBatch:
     input_ids: torch.Tensor  # [B, L]
     attention_mask: torch.Tensor  # [B, L]
     mm_token_type_ids: torch.Tensor  # [B, L]
-    targets: torch.Tensor  # [B, L]: the token at t + 1
-    loss_mask: torch.Tensor  # [B, L]: 1 where targets[t] is a completion token
-    behaviour_logprobs: torch.Tensor  # [B, L], aligned with targets
+    # Scored columns only: K = L - score_from positions, from the first that predicts a
+    # completion token (the shortest prompt's last token) to the end. The model applies its LM
+    # head to these K positions alone (`logits_to_keep`), so logits are [B, K, V].
+    targets: torch.Tensor  # [B, K]: the token after each scored position
+    loss_mask: torch.Tensor  # [B, K]: 1 where targets[k] is a completion token
+    behaviour_logprobs: torch.Tensor  # [B, K], aligned with targets
     advantages: torch.Tensor  # [B]
     vision: dict[str, torch.Tensor] = field(default_factory=dict)
     weight: float = 1.0
     position_ids: torch.Tensor | None = None  # [3, B, L] (Qwen2.5-VL, see learner.positions)
+    score_from: int = 0
+    """Column of input_ids where the scored positions start (targets[:, 0] follows it)."""
 
     @property
     def num_tokens(self) -> int:
@@ -92,13 +99,20 @@ class MicroBatch:
     def num_sequences(self) -> int:
         return int(self.input_ids.shape[0])
 
-    def model_inputs(self) -> dict[str, torch.Tensor]:
+    @property
+    def scored_positions(self) -> int:
+        """K: the positions the LM head runs on (the last K of each row)."""
+        return int(self.targets.shape[1])
+
+    def model_inputs(self) -> dict[str, Any]:
+        """The forward's keyword arguments; logits come out for the scored positions only."""
         return {
             "input_ids": self.input_ids,
             "attention_mask": self.attention_mask,
             "mm_token_type_ids": self.mm_token_type_ids,
             **self.vision,
             **({} if self.position_ids is None else {"position_ids": self.position_ids}),
+            "logits_to_keep": self.scored_positions,
         }
 
     def filler(self) -> MicroBatch:
@@ -230,20 +244,23 @@ class Collator:
         if not seqs:
             raise ValueError("collate needs at least one sequence")
         length = max(s.input_ids.numel() for s in seqs)
-        b = len(seqs)
+        start = min(s.prompt_len for s in seqs) - 1  # first scored column
+        if start < 0 or any(s.input_ids.numel() <= s.prompt_len for s in seqs):
+            raise ValueError("every sequence needs a prompt and at least one completion token")
+        b, k = len(seqs), length - start
         ids = torch.full((b, length), self.pad_id, dtype=torch.int64)  # [B, L]
         attn = torch.zeros(b, length, dtype=torch.int64)  # [B, L]
-        targets = torch.full((b, length), self.pad_id, dtype=torch.int64)  # [B, L]
-        mask = torch.zeros(b, length, dtype=torch.float32)  # [B, L]
-        behaviour = torch.zeros(b, length, dtype=torch.float32)  # [B, L]
+        targets = torch.full((b, k), self.pad_id, dtype=torch.int64)  # [B, K]
+        mask = torch.zeros(b, k, dtype=torch.float32)  # [B, K]
+        behaviour = torch.zeros(b, k, dtype=torch.float32)  # [B, K]
         for i, s in enumerate(seqs):
             n, p = s.input_ids.numel(), s.prompt_len
             ids[i, :n] = s.input_ids
             attn[i, :n] = 1
-            targets[i, : n - 1] = s.input_ids[1:]
-            mask[i, p - 1 : n - 1] = 1.0
+            targets[i, : n - 1 - start] = s.input_ids[start + 1 :]
+            mask[i, p - 1 - start : n - 1 - start] = 1.0
             if s.behaviour_logprobs is not None:
-                behaviour[i, p - 1 : n - 1] = s.behaviour_logprobs
+                behaviour[i, p - 1 - start : n - 1 - start] = s.behaviour_logprobs
         types = torch.tensor(self.processor.create_mm_token_type_ids(ids.tolist()))  # [B, L]
         positions = None
         if self.tokens_per_second is not None:
@@ -261,6 +278,7 @@ class Collator:
             behaviour_logprobs=behaviour,
             advantages=torch.tensor([s.advantage for s in seqs], dtype=torch.float32),
             vision=_stack_vision([s.vision for s in seqs if s.vision is not None]),
+            score_from=start,
         )
 
     def _positions(self, types: list[int], vision: VisionInputs | None) -> torch.Tensor:

@@ -2,14 +2,15 @@
 which parameters train, the optimizer and schedule, and the collectives the worker needs.
 
 Device and precision follow the machine: NCCL + bf16 with CUDA, gloo + fp32 without. The
-policy is loaded with transformers and handed to `deepspeed.initialize`, which partitions it
-(ZeRO-3) across the ranks. Trainable: the LLM (embeddings, decoder layers, final norm,
+policy is built partitioned (ZeRO-3: transformers under `deepspeed.zero.Init`, so no rank ever
+holds the whole model) and handed to `deepspeed.initialize`. Trainable: the LLM (embeddings, decoder layers, final norm,
 lm_head) and the projector `model.visual.merger` (Qwen2.5-VL's patch merger; Qwen3-VL's final
 merger). Frozen: every other parameter under `model.visual` — patch embedding and vision blocks,
 and for Qwen3-VL also the learned position embedding and the deepstack mergers. The optimizer
-is torch AdamW (DeepSpeed's `torch_adam`; no compiled ops needed) with linear warm-up then a
-constant learning rate. With β > 0 a frozen reference copy of the starting model runs under
-ZeRO-3 as well. Gradient accumulation is manual (`set_gradient_accumulation_boundary`), so a
+is AdamW (torch's fused kernel on CUDA, torch's AdamW on CPU, DeepSpeed's FusedAdam on request)
+with linear warm-up then a constant learning rate. With β > 0 a frozen reference copy of the
+starting model runs under ZeRO-3 as well, built partitioned the same way (optionally
+offloaded to host memory). Gradient accumulation is manual (`set_gradient_accumulation_boundary`), so a
 step may have any number of micro-batches as long as every rank runs the same number.
 """
 
@@ -23,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from system.config import LearnerConfig, ModelConfig
+from system.config.models import OptimizerConfig
 
 TRAINABLE_VISION = ("model.visual.merger.",)
 """Parameters under model.visual that train (the projector); the rest of the tower is frozen."""
@@ -33,6 +35,15 @@ def is_trainable(name: str) -> bool:
     if not name.startswith("model.visual."):
         return True
     return name.startswith(TRAINABLE_VISION)
+
+
+def exported(include_frozen: bool, freeze_vision: bool) -> Callable[[str], bool]:
+    """Which parameters an export sends: all of them the first time (`include_frozen`) or
+    when the vision tower trains; otherwise the trainable ones only (the frozen tower cannot
+    have changed since the first export)."""
+    if include_frozen or not freeze_vision:
+        return lambda _: True
+    return is_trainable
 
 
 def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int) -> str:
@@ -64,11 +75,35 @@ def model_dtype(config: ModelConfig) -> torch.dtype:
     return getattr(torch, config.dtype)
 
 
-def load_model(path: str, dtype: torch.dtype, trainable: bool, config: ModelConfig) -> Any:
-    """A Qwen-VL model from an HF directory; for the policy, frozen tower and checkpointing."""
-    from transformers import AutoModelForImageTextToText
+def load_model(
+    path: str, dtype: torch.dtype, trainable: bool, config: ModelConfig, zero3: dict | None = None
+) -> Any:
+    """A Qwen-VL model from an HF directory; for the policy, frozen tower and checkpointing.
 
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+    With `zero3` (the DeepSpeed config the model will be initialised with, ZeRO stage 3) the
+    model is built partitioned (learner.loading): constructed under `deepspeed.zero.Init`, each
+    rank reading only its share of every parameter from the checkpoint; a checkpoint whose
+    names need transformers' renaming goes through transformers' own partitioned load
+    (`HfDeepSpeedConfig`: rank 0 reads, each parameter is scattered). No rank ever holds the
+    whole model. Without `zero3`, every rank builds the whole model (from memory-mapped
+    files) and `deepspeed.initialize` partitions it afterwards."""
+    from transformers import AutoModelForImageTextToText
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from learner.loading import load_partitioned
+
+    kwargs: dict[str, Any] = {}
+    if config.attn_implementation is not None:
+        kwargs["attn_implementation"] = config.attn_implementation
+    model = None if zero3 is None else load_partitioned(path, dtype, zero3, **kwargs)
+    if model is None:
+        # transformers holds only a weak reference: the object must live through
+        # from_pretrained and not outlive it (a later load here would be partitioned too).
+        live = HfDeepSpeedConfig(zero3) if zero3 is not None else None
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **kwargs)
+        finally:
+            del live
     model.config.use_cache = False
     for name, param in model.named_parameters():
         param.requires_grad_(trainable and (is_trainable(name) or not config.freeze_vision))
@@ -79,36 +114,68 @@ def load_model(path: str, dtype: torch.dtype, trainable: bool, config: ModelConf
     return model
 
 
+def partitioned(config: dict, learner: LearnerConfig) -> dict | None:
+    """The DeepSpeed config to build a model partitioned with (see `load_model`), or None when
+    it loads whole (ZeRO below 3, or `learner.partitioned_load: false`)."""
+    if learner.partitioned_load and config["zero_optimization"]["stage"] == 3:
+        return config
+    return None
+
+
 def ds_config(learner: LearnerConfig, world_size: int, dtype: torch.dtype, train: bool) -> dict:
-    """The DeepSpeed config of the policy (train) or the reference (not train)."""
+    """The DeepSpeed config of the policy (train) or the reference (not train).
+
+    Precision follows the model's dtype (bf16 or fp16 mixed precision; fp32 neither). The
+    optimizer (policy only): `learner.optimizer.implementation`, where auto = torch's fused
+    AdamW kernel on CUDA (no compiled DeepSpeed op needed on the nodes), torch's AdamW on CPU.
+    The reference may be offloaded to host memory (`learner.reference_offload`, CUDA only)."""
     opt = learner.optimizer
+    cuda = torch.cuda.is_available()
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": learner.micro_batch_size,
         "gradient_accumulation_steps": 1,
         "train_batch_size": learner.micro_batch_size * world_size,
         "zero_optimization": {
             "stage": learner.zero_stage,
-            "overlap_comm": torch.cuda.is_available(),
+            "overlap_comm": cuda,
             "contiguous_gradients": True,
         },
         "bf16": {"enabled": dtype == torch.bfloat16},
+        "fp16": {"enabled": dtype == torch.float16},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if dtype == torch.float16:
+        config["fp16"].update(loss_scale=0, initial_scale_power=16)  # dynamic loss scaling
     if train:
         config["gradient_clipping"] = opt.grad_clip
-        config["optimizer"] = {
-            "type": "AdamW",
-            "params": {
-                "lr": opt.lr,
-                "betas": list(opt.betas),
-                "eps": 1e-8,
-                "weight_decay": opt.weight_decay,
-                "torch_adam": True,
-            },
-        }
+        config["optimizer"] = {"type": "AdamW", "params": adamw_params(opt, cuda)}
         config["zero_allow_untested_optimizer"] = True
+    elif learner.reference_offload and cuda and learner.zero_stage == 3:
+        config["zero_optimization"]["offload_param"] = {"device": "cpu", "pin_memory": True}
     return _merge(config, learner.deepspeed_overrides)
+
+
+def adamw_params(opt: OptimizerConfig, cuda: bool) -> dict[str, Any]:
+    """DeepSpeed's AdamW parameters for `opt.implementation` on this device."""
+    impl = opt.implementation
+    if impl == "auto":
+        impl = "torch_fused" if cuda else "torch"
+    if impl != "torch" and not cuda:
+        raise ValueError(
+            f"learner.optimizer.implementation={opt.implementation!r} needs CUDA; use 'torch' "
+            "or 'auto' on CPU"
+        )
+    params: dict[str, Any] = {
+        "lr": opt.lr,
+        "betas": list(opt.betas),
+        "eps": 1e-8,
+        "weight_decay": opt.weight_decay,
+        "torch_adam": impl != "deepspeed_fused",  # deepspeed_fused: DeepSpeed's FusedAdam op
+    }
+    if impl == "torch_fused":
+        params["fused"] = True  # torch.optim.AdamW(fused=True): one CUDA kernel per group
+    return params
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 Aggregation = Literal["token_mean", "sequence_mean"]
 KLEstimator = Literal["k1", "k2", "k3"]
@@ -61,23 +62,48 @@ def _exp_log_ratio(log_ratio: torch.Tensor) -> torch.Tensor:
 
 
 def token_logprobs(
-    logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, chunk: int = 0
 ) -> torch.Tensor:
     """Log-probability of each target token: logits [B, L, V], targets [B, L] -> [B, L].
 
     Under the distribution a sampler at `temperature` draws from (softmax(logits / T)): the
     policy GRPO trains is the one the rollouts came from. logsumexp minus the gathered logit,
-    in fp32, without materialising a second [B, L, V]."""
+    in fp32. With `chunk` > 0, `chunk` positions at a time, each recomputed in the backward
+    pass (activation checkpointing): the fp32 copy of the logits and logsumexp's temporaries
+    exist for one chunk at a time, never for the whole [B, L, V]; the values are the same."""
+    if chunk <= 0 or logits.shape[0] * logits.shape[1] <= chunk:
+        return _chunk_logprobs(logits, targets, temperature)
+    flat, picks = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)  # [N, V], [N]
+    parts = []
+    for i in range(0, flat.shape[0], chunk):
+        part = (flat[i : i + chunk], picks[i : i + chunk], temperature)
+        if flat.requires_grad and torch.is_grad_enabled():
+            parts.append(checkpoint(_chunk_logprobs, *part, use_reentrant=False))
+        else:
+            parts.append(_chunk_logprobs(*part))
+    return torch.cat(parts).reshape(targets.shape)  # [B, L]
+
+
+def _chunk_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> torch.Tensor:
     logits = _tempered(logits, temperature)
-    picked = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1)  # [B, L]
-    return picked - torch.logsumexp(logits, dim=-1)  # [B, L]
+    picked = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
 
 
-def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0, chunk: int = 0) -> torch.Tensor:
     """Entropy of the next-token distribution (at `temperature`) at each position:
-    [B, L, V] -> [B, L]."""
-    logp = torch.log_softmax(_tempered(logits, temperature), dim=-1)  # [B, L, V]
-    return -(logp.exp() * logp).sum(dim=-1)  # [B, L]
+    [B, L, V] -> [B, L], no gradient; `chunk` > 0 positions at a time (the three fp32
+    temporaries the entropy needs exist for one chunk only)."""
+    with torch.no_grad():
+        flat = logits.detach().reshape(-1, logits.shape[-1])  # [N, V]
+        step = chunk if chunk > 0 else max(flat.shape[0], 1)
+        parts = []
+        for i in range(0, flat.shape[0], step):
+            logp = torch.log_softmax(_tempered(flat[i : i + step], temperature), dim=-1)
+            parts.append(-(logp.exp() * logp).sum(dim=-1))
+        return torch.cat(parts).reshape(logits.shape[:-1])  # [B, L]
 
 
 def _tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:

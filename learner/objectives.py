@@ -1,6 +1,6 @@
 """The only thing GRPO and SFT do differently on the learner: the loss of a micro-batch.
 
-An `Objective` turns the policy's logits on a micro-batch (and, when it asks for one, the
+An `Objective` turns the policy's logits on a micro-batch's scored positions (and, when it asks for one, the
 reference model's token log-probs) into a scalar loss normalised by the step-wide totals,
 plus metrics. Everything else — data, engine, checkpoint, export — is shared.
 """
@@ -33,6 +33,8 @@ class Objective(Protocol):
     """Whether `loss` wants reference-model log-probs."""
     temperature: float
     """The sampling temperature the policy (and reference) log-probs are taken at."""
+    chunk: int
+    """Positions per chunk of the log-prob computation (0: all at once)."""
 
     def loss(
         self,
@@ -52,9 +54,10 @@ class GRPOObjective:
     policy + β·KL (learner.grpo), on the policy at the rollouts' sampling temperature (the
     engine reports log-probs after temperature too)."""
 
-    def __init__(self, config: GRPOConfig, temperature: float = 1.0) -> None:
+    def __init__(self, config: GRPOConfig, temperature: float = 1.0, chunk: int = 0) -> None:
         self.config = config
         self.temperature = temperature
+        self.chunk = chunk
         self.needs_reference = config.beta > 0
 
     def loss(
@@ -66,7 +69,7 @@ class GRPOObjective:
         old_logprobs: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.config
-        logprobs = token_logprobs(logits, batch.targets, self.temperature)  # [B, L]
+        logprobs = token_logprobs(logits, batch.targets, self.temperature, self.chunk)  # [B, K]
         terms = grpo_loss(
             logprobs,
             batch.behaviour_logprobs,
@@ -84,7 +87,7 @@ class GRPOObjective:
             total_sequences=totals.sequences,
         )
         with torch.no_grad():
-            entropy = token_entropy(logits, self.temperature)  # [B, L]
+            entropy = token_entropy(logits, self.temperature, self.chunk)  # [B, K]
             metrics = grpo_metrics(
                 terms, logprobs, batch.behaviour_logprobs, batch.loss_mask, c.is_cap, entropy
             )
@@ -97,6 +100,9 @@ class SFTObjective:
     needs_reference = False
     temperature = 1.0
 
+    def __init__(self, chunk: int = 0) -> None:
+        self.chunk = chunk
+
     def loss(
         self,
         batch: MicroBatch,
@@ -105,4 +111,4 @@ class SFTObjective:
         totals: StepTotals,
         old_logprobs: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        return sft_loss(logits, batch.targets, batch.loss_mask, totals.tokens)
+        return sft_loss(logits, batch.targets, batch.loss_mask, totals.tokens, self.chunk)

@@ -93,11 +93,13 @@ def sft_loss(
     targets: torch.Tensor,
     mask: torch.Tensor,
     total_tokens: float | None = None,
+    chunk: int = 0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Token-mean NLL of the completion tokens: logits [B, L, V], targets [B, L], mask [B, L].
 
-    Returns (loss, metrics); `total_tokens` is the step-wide count when this is a part."""
-    logprobs = token_logprobs(logits, targets)  # [B, L]
+    Returns (loss, metrics); `total_tokens` is the step-wide count when this is a part;
+    `chunk`: positions per chunk of the log-softmax (learner.grpo.token_logprobs)."""
+    logprobs = token_logprobs(logits, targets, 1.0, chunk)  # [B, L]
     loss = aggregate(-logprobs, mask, "token_mean", total_tokens)
     with torch.no_grad():
         nll = float(aggregate(-logprobs, mask, "token_mean"))

@@ -91,9 +91,9 @@ class LearnerWorker:
             tokens_per_second=_tokens_per_second(self.base_model),
         )
         self.objective: Objective = (
-            GRPOObjective(learner.grpo, config.rollout.sampling.temperature)
+            GRPOObjective(learner.grpo, config.rollout.sampling.temperature, learner.logprob_chunk)
             if algorithm == "grpo"
-            else SFTObjective()
+            else SFTObjective(learner.logprob_chunk)
         )
         self.iterations = learner.grpo.iterations if algorithm == "grpo" else 1
         """Optimizer updates per batch (`learner.grpo.iterations`; SFT: 1)."""
@@ -103,17 +103,18 @@ class LearnerWorker:
         self.exporting = bool(eng.broadcast_object(sender is not None))
         self.device = eng.device()
         dtype = eng.model_dtype(config.model)
-        policy = eng.load_model(self.base_model, dtype, True, config.model)
-        self.engine = eng.initialize(
-            policy, eng.ds_config(learner, world_size, dtype, True), True,
-            learner.optimizer.warmup_steps,
-        )  # fmt: skip
+        ds = eng.ds_config(learner, world_size, dtype, True)
+        policy = eng.load_model(
+            self.base_model, dtype, True, config.model, eng.partitioned(ds, learner)
+        )
+        self.engine = eng.initialize(policy, ds, True, learner.optimizer.warmup_steps)
         self.reference = None
         if self.objective.needs_reference:
-            ref = eng.load_model(self.base_model, dtype, False, config.model)
-            self.reference = eng.initialize(
-                ref, eng.ds_config(learner, world_size, dtype, False), False
+            ds = eng.ds_config(learner, world_size, dtype, False)
+            ref = eng.load_model(
+                self.base_model, dtype, False, config.model, eng.partitioned(ds, learner)
             )
+            self.reference = eng.initialize(ref, ds, False)
         self.state = TrainingState(step=0, base_model=self.base_model)
         self.frozen_sent = False
         self.packer = BucketPacker()
@@ -208,7 +209,7 @@ class LearnerWorker:
     def _fixed_logprobs(
         self, micro: list[MicroBatch], t: dict[str, float]
     ) -> list[tuple[torch.Tensor | None, torch.Tensor]]:
-        """(reference, proximal) log-probs [B, L] of every micro-batch, computed once before the
+        """(reference, proximal) log-probs [B, K] of every micro-batch, computed once before the
         first of several updates: the proximal policy the clip is measured against is the
         policy as it was when the batch arrived."""
         t0 = time.perf_counter()
@@ -217,8 +218,8 @@ class LearnerWorker:
             for mb in micro:
                 mb = mb.to(self.device)
                 ref = self._reference_logprobs(mb)
-                logits = self.engine(**mb.model_inputs()).logits  # [B, L, V]
-                old = token_logprobs(logits, mb.targets, self.objective.temperature)
+                logits = self.engine(**mb.model_inputs()).logits  # [B, K, V]
+                old = self._logprobs(logits, mb, self.objective.temperature)
                 del logits
                 out.append((ref, old))
         t["forward_s"] += time.perf_counter() - t0
@@ -228,8 +229,12 @@ class LearnerWorker:
         if self.reference is None:
             return None
         with torch.no_grad():
-            ref_logits = self.reference(**mb.model_inputs()).logits  # [B, L, V]
-            return token_logprobs(ref_logits, mb.targets, self.objective.temperature)
+            ref_logits = self.reference(**mb.model_inputs()).logits  # [B, K, V]
+            return self._logprobs(ref_logits, mb, self.objective.temperature)
+
+    def _logprobs(self, logits: torch.Tensor, mb: MicroBatch, temperature: float) -> torch.Tensor:
+        """Token log-probs [B, K] of the scored positions, chunked as configured."""
+        return token_logprobs(logits, mb.targets, temperature, self.objective.chunk)
 
     def _micro_step(
         self,
@@ -244,7 +249,7 @@ class LearnerWorker:
         ref_logprobs, old_logprobs = fixed if fixed is not None else (None, None)
         if fixed is None:
             ref_logprobs = self._reference_logprobs(mb)
-        logits = self.engine(**mb.model_inputs()).logits  # [B, L, V]
+        logits = self.engine(**mb.model_inputs()).logits  # [B, K, V]: scored positions only
         loss, metrics = self.objective.loss(mb, logits, ref_logprobs, totals, old_logprobs)
         # DeepSpeed averages gradients over ranks; the loss is already a share of the step.
         scaled = loss * (mb.weight * self.world_size)
@@ -308,9 +313,10 @@ class LearnerWorker:
 
     def export(self, include_frozen: bool = False) -> dict[str, float]:
         """Send the weights as version = global step (collective). The first export includes
-        the frozen tower; later ones only the trainable parameters."""
+        the frozen tower; later ones only the trainable parameters (everything, the vision
+        tower included, when it trains: `model.freeze_vision: false`)."""
         t0 = time.perf_counter()
-        keep = (lambda _: True) if include_frozen else eng.is_trainable
+        keep = eng.exported(include_frozen, self.config.model.freeze_vision)
         ws = self.config.weight_sync
         out = export_weights(
             self.engine.module, self.sender, self.state.step, keep, ws.bucket_mb << 20,
@@ -423,7 +429,7 @@ class LearnerWorker:
             for seq in sequences:
                 mb = self.collator.collate([seq]).to(self.device)
                 logits = self.engine(**mb.model_inputs()).logits
-                lp = token_logprobs(logits, mb.targets)[mb.loss_mask.bool()]
+                lp = self._logprobs(logits, mb, 1.0)[mb.loss_mask.bool()]
                 out.append(lp.cpu())
         return out
 

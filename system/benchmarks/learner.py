@@ -1,4 +1,5 @@
-"""`reelrl bench learner [--size tiny|small|3b]`: where a learner step's time goes.
+"""`reelrl bench learner [--size tiny|small|medium|3b]`: where a learner step's time goes, and
+the learner's memory.
 
 Two learner ranks (processes, DeepSpeed ZeRO-3: gloo + fp32 on CPU, NCCL + bf16 with CUDA)
 train GRPO on groups from an embedded Redis (G=4, 4 frames of a synthetic clip, 16-token
@@ -7,6 +8,10 @@ step (mean over the timed steps, the first one is warm-up): data (consume + vide
 processor + collate), forward (policy and reference), backward, optimizer, export; plus
 completion tokens/s and export GB/s. `--size 3b` builds a random model of Qwen2.5-VL-3B's
 dimensions and needs CUDA (one rank per GPU); without CUDA it prints why and does nothing.
+On CPU it then measures memory (system.benchmarks.learner_memory): peak RSS per rank while
+building policy + reference partitioned vs whole, and the peak of log-prob + entropy for one
+8k-token sequence chunked + completion-only vs whole, at the model's vocabulary (`--size
+medium`: Qwen's 151,936).
 """
 
 from __future__ import annotations
@@ -144,7 +149,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "password": redis.password,
         }
         rows = _spawn(spec, world, Path(tmp) / "rows.json")
-    return _report(rows, size, world, model)
+    figures = _report(rows, size, world, model)
+    if not torch.cuda.is_available():
+        figures.update(_memory(model, args.quick))
+    return figures
+
+
+def _memory(model: Path, quick: bool) -> dict[str, Any]:
+    """Loading and log-prob memory at this model's vocabulary (system.benchmarks.
+    learner_memory): one 8k-token sequence (2k with --quick)."""
+    from system.benchmarks import learner_memory
+    from system.config import LearnerConfig
+
+    vocab = json.loads((model / "config.json").read_text())["text_config"]["vocab_size"]
+    figures = learner_memory.measure(
+        model, 2048 if quick else 8192, vocab, LearnerConfig().logprob_chunk
+    )
+    learner_memory.report(figures)
+    return figures
 
 
 def _config(qc: Any, world: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""`reelrl tiny-model --family F --out DIR [--size tiny|small]`: build a random model of a
+"""`reelrl tiny-model --family F --out DIR [--size tiny|small|medium]`: build a random model of a
 real architecture with a tokenizer trained on the spot (no hub access)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--family", required=True, choices=["qwen2_5_vl", "qwen3_vl"])
     parser.add_argument("--out", required=True, help="directory to save_pretrained into")
-    parser.add_argument("--size", default="tiny", choices=["tiny", "small"])
+    parser.add_argument("--size", default="tiny", choices=["tiny", "small", "medium"])
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=_run)
 

@@ -33,7 +33,7 @@ class ModelConfig(_Section):
     """Directory of an HF-format model (config, weights, tokenizer, processor)."""
     family: Family = "qwen2_5_vl"
     """Architecture family; picks the vision grid (28 px Qwen2.5-VL, 32 px Qwen3-VL)."""
-    build_tiny: Literal["tiny", "small"] | None = None
+    build_tiny: Literal["tiny", "small", "medium"] | None = None
     """When set and `path` does not exist, build a random model of this size there."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Parameter dtype: auto = bfloat16 on GPU, float32 on CPU."""
@@ -41,6 +41,9 @@ class ModelConfig(_Section):
     """Freeze the whole vision tower (projector/merger and LLM train)."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass to save memory."""
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
+    """The learner's attention kernel (transformers' attn_implementation); None: its default
+    (sdpa). GPU recipes set flash_attention_2 (needs the flash-attn package)."""
 
 
 class DatasetSpec(_Section):
@@ -240,6 +243,10 @@ class OptimizerConfig(_Section):
     `learner.grpo.iterations`)."""
     grad_clip: float = Field(1.0, gt=0)
     """Gradient-norm clip."""
+    implementation: Literal["auto", "torch", "torch_fused", "deepspeed_fused"] = "auto"
+    """AdamW kernel: auto = torch_fused on CUDA (torch.optim.AdamW(fused=True)), torch on CPU;
+    deepspeed_fused = DeepSpeed's FusedAdam op (built on first use: needs the CUDA toolkit on
+    every learner node, or DeepSpeed installed with its ops prebuilt)."""
 
 
 class LearnerConfig(_Section):
@@ -251,6 +258,16 @@ class LearnerConfig(_Section):
     """Rollout groups (or SFT examples) consumed per optimizer step, over all ranks."""
     micro_batch_size: int = Field(2, ge=1)
     """Sequences per forward/backward."""
+    partitioned_load: bool = True
+    """Build the policy and the reference partitioned across the ranks under ZeRO-3
+    (HfDeepSpeedConfig + zero.Init): no rank holds a whole model. false: every rank loads the
+    whole model first (more host memory per rank; kept for comparison benchmarks)."""
+    reference_offload: bool = False
+    """Keep the reference model's ZeRO-3 partitions in host memory (CUDA only): frees its share
+    of GPU memory for a slower reference forward."""
+    logprob_chunk: int = Field(1024, ge=0)
+    """Token positions per chunk of the log-prob and entropy computation (fp32 temporaries of
+    chunk x vocabulary at a time; 0: the whole micro-batch at once)."""
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     """Optimizer and schedule."""
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)

@@ -75,11 +75,17 @@ class TinySpec:
     vision_depth: int
     vision_heads: int
     vision_intermediate: int
+    model_vocab: int = 0
+    """Rows of the embedding and LM head when more than the tokenizer's vocabulary (Qwen's
+    151,936 > its tokenizer's 151,665): a real-shaped logits tensor from a small tokenizer."""
 
 
 SIZES = {
     "tiny": TinySpec(4096, 128, 4, 4, 2, 256, 32, 2, 2, 64),
     "small": TinySpec(8192, 256, 8, 8, 2, 768, 64, 4, 2, 256),
+    # ~0.4B parameters, most of them in the 151,936 x 1024 embedding and LM head: the memory
+    # behaviour of loading and of log-probs is that of a real Qwen vocabulary.
+    "medium": TinySpec(8192, 1024, 8, 16, 4, 2816, 128, 2, 2, 256, model_vocab=151_936),
 }
 
 
@@ -118,7 +124,11 @@ def build_tiny_model(family: str, out: str | Path, size: str = "tiny", seed: int
     (out / "reelrl_tiny.json").write_text(
         json.dumps({"family": family, "size": size, "seed": seed, "params": n_params})
     )
-    return f"{family} {size}: {n_params / 1e6:.2f}M params, vocab {len(tokenizer)}, saved to {out}"
+    vocab = config.get_text_config().vocab_size
+    return (
+        f"{family} {size}: {n_params / 1e6:.2f}M params, vocabulary {vocab} "
+        f"(tokenizer {len(tokenizer)}), saved to {out}"
+    )
 
 
 def train_tokenizer(vocab_size: int):
@@ -193,7 +203,7 @@ def _model_config(family: str, spec: TinySpec, tokenizer):
     half = head_dim // 2
     mrope = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
     text = {
-        "vocab_size": len(tokenizer),
+        "vocab_size": max(len(tokenizer), spec.model_vocab),
         "hidden_size": spec.hidden,
         "intermediate_size": spec.intermediate,
         "num_hidden_layers": spec.layers,

@@ -64,12 +64,14 @@ def test_group_to_micro_batches_alignment(setup):
     (mb,) = collator.micro_batches(seqs, size=2)
     p = prompt.numel()
     assert mb.input_ids.shape == (2, p + 3)
+    # Scored columns: from the prompt's last position (p - 1) to the end, K = 4.
+    assert mb.score_from == p - 1 and mb.scored_positions == 4
+    assert mb.model_inputs()["logits_to_keep"] == 4
     # Row 0: positions p-1..p+1 predict 50, 60, 70; row 1 is padded after p+2.
-    assert mb.targets[0, p - 1 : p + 2].tolist() == [50, 60, 70]
-    assert mb.loss_mask[0].nonzero().flatten().tolist() == [p - 1, p, p + 1]
-    assert mb.loss_mask[1].nonzero().flatten().tolist() == [p - 1, p]
+    assert mb.targets[0, :3].tolist() == [50, 60, 70]
+    assert mb.loss_mask.tolist() == [[1, 1, 1, 0], [1, 1, 0, 0]]
     assert mb.attention_mask[1].tolist() == [1] * (p + 2) + [0]
-    assert mb.behaviour_logprobs[0, p - 1 : p + 2].tolist() == [-1.0] * 3
+    assert mb.behaviour_logprobs[0].tolist() == [-1.0] * 3 + [0.0]
     assert mb.advantages.tolist() == [1.0, -1.0]
     assert mb.vision["video_grid_thw"].shape == (2, 3)
     assert mb.num_tokens == 5 and mb.filler().weight == 0.0
@@ -98,9 +100,39 @@ def test_model_sees_what_the_processor_gives(setup):
     (mb,) = collator.micro_batches(collator.group_sequences(group, torch.zeros(1)), 1)
     assert torch.equal(mb.input_ids, ref_inputs["input_ids"])
     with torch.no_grad():
-        ours = model(**mb.model_inputs()).logits
-        theirs = model(**ref_inputs).logits
-    assert torch.allclose(ours, theirs, atol=1e-5)
+        ours = model(**mb.model_inputs()).logits  # [1, K, V]: the scored positions only
+        theirs = model(**ref_inputs).logits  # [1, L, V]
+    assert ours.shape[1] == mb.scored_positions == 3 < theirs.shape[1]
+    assert torch.allclose(ours, theirs[:, mb.score_from :], atol=1e-5)
+
+
+def test_prompts_of_different_lengths_score_from_the_shortest(setup):
+    """Sequences of different prompt lengths in one micro-batch: the scored columns start at
+    the shortest prompt's last token; each row's mask covers exactly its completion, and the
+    log-probs equal those from the whole sequence's logits (1e-5)."""
+    from transformers import AutoModelForImageTextToText
+
+    from learner.collate import Sequence
+    from learner.grpo import token_logprobs
+
+    family, path, processor, _, _ = setup
+    collator = Collator(processor, family)
+    tok = processor.tokenizer
+    long, short = (torch.tensor(tok(t)["input_ids"]) for t in ("a b c d e f", "a b"))
+    completion = torch.tensor([50, 60, 70])
+    seqs = [Sequence(torch.cat([p, completion]), p.numel()) for p in (long, short)]
+    mb = collator.collate(seqs)
+    assert mb.score_from == short.numel() - 1
+    for row, prompt in enumerate((long, short)):
+        scored = mb.targets[row][mb.loss_mask[row].bool()]
+        assert scored.tolist() == completion.tolist(), prompt
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    with torch.no_grad():
+        inputs = mb.model_inputs()
+        kept = token_logprobs(model(**inputs).logits, mb.targets, 0.7, chunk=3)
+        inputs["logits_to_keep"] = 0  # every position, as before
+        whole = model(**inputs).logits[:, mb.score_from :]
+        assert torch.allclose(kept, token_logprobs(whole, mb.targets, 0.7), atol=1e-5)
 
 
 def test_pad_count_mismatch_is_rejected(setup):

@@ -63,6 +63,26 @@ def test_token_logprobs_at_a_temperature():
         token_logprobs(logits, torch.tensor([[0]]), temperature=0.0)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_logprobs_and_entropy_equal_the_whole(temperature):
+    """Chunks of 5 positions (not a divisor of 3 x 7 = 21) give the same log-probs, entropy and
+    gradients as the whole [B, L, V] at once (1e-6, fp32)."""
+    torch.manual_seed(0)
+    logits = (torch.randn(3, 7, 50) * 4).requires_grad_()
+    targets = torch.randint(0, 50, (3, 7))
+    weights = torch.randn(3, 7)
+    whole = token_logprobs(logits, targets, temperature)
+    (grad_whole,) = torch.autograd.grad((whole * weights).sum(), logits)
+    chunked = token_logprobs(logits, targets, temperature, chunk=5)
+    (grad_chunked,) = torch.autograd.grad((chunked * weights).sum(), logits)
+    assert chunked.shape == (3, 7)
+    assert torch.allclose(chunked, whole, atol=1e-6)
+    assert torch.allclose(grad_chunked, grad_whole, atol=1e-6)
+    ent = token_entropy(logits, temperature, chunk=5)
+    assert not ent.requires_grad
+    assert torch.allclose(ent, token_entropy(logits, temperature), atol=1e-6)
+
+
 def test_policy_loss_clips_both_sides():
     old = torch.zeros(1, 4)
     # ratios 1.5, 0.5, 1.5, 0.5 with advantages +1 (first row) / -1 (second row).
