@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 Aggregation = Literal["token_mean", "sequence_mean"]
 KLEstimator = Literal["k1", "k2", "k3"]
@@ -68,20 +67,15 @@ def token_logprobs(
 
     Under the distribution a sampler at `temperature` draws from (softmax(logits / T)): the
     policy GRPO trains is the one the rollouts came from. logsumexp minus the gathered logit,
-    in fp32. With `chunk` > 0, `chunk` positions at a time, each recomputed in the backward
-    pass (activation checkpointing): the fp32 copy of the logits and logsumexp's temporaries
-    exist for one chunk at a time, never for the whole [B, L, V]; the values are the same."""
+    in fp32. With `chunk` > 0, `chunk` positions at a time in the forward and in the backward
+    pass (`ChunkedLogProbs`): fp32 copies, softmax and logsumexp temporaries exist for one chunk
+    x vocabulary at a time, and the gradient is written into one logits-sized tensor; the
+    values are the same."""
     if chunk <= 0 or logits.shape[0] * logits.shape[1] <= chunk:
         return _chunk_logprobs(logits, targets, temperature)
-    flat, picks = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)  # [N, V], [N]
-    parts = []
-    for i in range(0, flat.shape[0], chunk):
-        part = (flat[i : i + chunk], picks[i : i + chunk], temperature)
-        if flat.requires_grad and torch.is_grad_enabled():
-            parts.append(checkpoint(_chunk_logprobs, *part, use_reentrant=False))
-        else:
-            parts.append(_chunk_logprobs(*part))
-    return torch.cat(parts).reshape(targets.shape)  # [B, L]
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 to score samples, got {temperature}")
+    return ChunkedLogProbs.apply(logits, targets, temperature, chunk)
 
 
 def _chunk_logprobs(
@@ -90,6 +84,40 @@ def _chunk_logprobs(
     logits = _tempered(logits, temperature)
     picked = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(logits, dim=-1)
+
+
+class ChunkedLogProbs(torch.autograd.Function):
+    """`token_logprobs` a chunk of positions at a time, forward and backward.
+
+    d log p(y) / d x = (onehot(y) - softmax(x / T)) / T per position: the backward computes it
+    chunk by chunk into one gradient tensor (autograd through slices would build a full-size
+    gradient per chunk)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, temperature, chunk):
+        flat, picks = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)  # [N, V], [N]
+        out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)  # [N]
+        for i in range(0, flat.shape[0], chunk):
+            out[i : i + chunk] = _chunk_logprobs(
+                flat[i : i + chunk], picks[i : i + chunk], temperature
+            )
+        ctx.save_for_backward(logits, targets)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        return out.reshape(targets.shape)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, targets = ctx.saved_tensors
+        t, chunk = ctx.temperature, ctx.chunk
+        flat, picks = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+        g = grad_out.reshape(-1).float()  # [N]
+        grad = torch.empty_like(flat)  # [N, V]
+        for i in range(0, flat.shape[0], chunk):
+            gi = g[i : i + chunk, None]  # [n, 1]
+            part = torch.softmax(_tempered(flat[i : i + chunk], t), dim=-1).mul_(-gi)  # [n, V]
+            part.scatter_add_(-1, picks[i : i + chunk, None], gi)
+            grad[i : i + chunk] = part.div_(t) if t != 1.0 else part
+        return grad.reshape(logits.shape), None, None, None
 
 
 def token_entropy(logits: torch.Tensor, temperature: float = 1.0, chunk: int = 0) -> torch.Tensor:

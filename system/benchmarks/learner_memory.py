@@ -24,8 +24,6 @@ import resource
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 
 def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -178,6 +176,6 @@ def measure(model: Path, tokens: int, vocab: int, chunk: int) -> dict[str, Any]:
         },
         "logprobs": logprob_peaks(tokens, vocab, chunk),
     }
-    figures["load"] = {k: float(np.round(v, 3)) for k, v in figures["load"].items()}
+    figures["load"] = {k: round(v, 3) for k, v in figures["load"].items()}
     os.environ.pop("RANK", None)
     return figures
