@@ -106,7 +106,7 @@ def _logprob_child(tokens: int, vocab: int, chunk: int, whole: bool, out: Any) -
     else:
         lp, ent = token_logprobs(logits, targets, 0.7, chunk), token_entropy(logits, 0.7, chunk)
     (lp.sum() + 0 * ent.sum()).backward()
-    out.put({"peak_mib": _peak_mib() - base, "checksum": float(lp.sum())})
+    out.put({"peak_mib": _peak_mib() - base, "checksum": float(lp.detach().sum())})
 
 
 def _logprob_peak(tokens: int, vocab: int, chunk: int, whole: bool) -> float:
