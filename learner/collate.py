@@ -90,6 +90,8 @@ class MicroBatch:
     position_ids: torch.Tensor | None = None  # [3, B, L] (Qwen2.5-VL, see learner.positions)
     score_from: int = 0
     """Column of input_ids where the scored positions start (targets[:, 0] follows it)."""
+    packed: PackedLayout | None = None
+    """Set when the sequences are packed into one row (`Collator.pack`)."""
 
     @property
     def num_tokens(self) -> int:
@@ -97,15 +99,28 @@ class MicroBatch:
 
     @property
     def num_sequences(self) -> int:
-        return int(self.input_ids.shape[0])
+        return int(self.advantages.numel())
 
     @property
     def scored_positions(self) -> int:
-        """K: the positions the LM head runs on (the last K of each row)."""
+        """K: the positions the LM head runs on (padded: the last K of each row)."""
+        if self.packed is not None:
+            return int(self.packed.keep.numel())
         return int(self.targets.shape[1])
 
     def model_inputs(self) -> dict[str, Any]:
         """The forward's keyword arguments; logits come out for the scored positions only."""
+        if self.packed is not None:
+            # One row, no padding and no attention mask: the model builds a block-causal mask
+            # from the text positions (row 0 of position_ids), which restart at each sequence.
+            return {
+                "input_ids": self.input_ids,
+                "mm_token_type_ids": self.mm_token_type_ids,
+                **self.vision,
+                "position_ids": self.position_ids,
+                "logits_to_keep": self.packed.keep,
+                "use_cache": False,  # with a cache the model would not look for packing
+            }
         return {
             "input_ids": self.input_ids,
             "attention_mask": self.attention_mask,
@@ -114,6 +129,19 @@ class MicroBatch:
             **({} if self.position_ids is None else {"position_ids": self.position_ids}),
             "logits_to_keep": self.scored_positions,
         }
+
+    def head_targets(self) -> torch.Tensor:
+        """The target of each position the logits come out for: [B, K], or [1, K] packed."""
+        return self.targets if self.packed is None else self.packed.targets
+
+    def per_sequence(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-position values in the logits' layout -> [B, C], aligned with `targets`
+        (identity unless packed)."""
+        if self.packed is None:
+            return values
+        rows, cols = self.packed.rows, self.packed.cols
+        out = values.new_zeros(self.targets.shape)
+        return out.index_put((rows, cols), values.reshape(-1))
 
     def filler(self) -> MicroBatch:
         """The same inputs with weight 0 (for a rank with fewer micro-batches than others)."""
@@ -124,7 +152,23 @@ class MicroBatch:
             k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()
         }
         moved["vision"] = {k: v.to(device) for k, v in self.vision.items()}
+        if self.packed is not None:
+            moved["packed"] = PackedLayout(*(t.to(device) for t in vars(self.packed).values()))
         return MicroBatch(**moved)
+
+
+@dataclass(frozen=True)
+class PackedLayout:
+    """Where the scored positions of a packed row are: K of them, in sequence order."""
+
+    keep: torch.Tensor
+    """[K] indices into the packed row that the LM head runs on."""
+    targets: torch.Tensor
+    """[1, K] the token after each kept position."""
+    rows: torch.Tensor
+    """[K] the sequence (row of `MicroBatch.targets`) each kept position belongs to."""
+    cols: torch.Tensor
+    """[K] its column there."""
 
 
 class Collator:
@@ -238,6 +282,97 @@ class Collator:
         """Sequences in order, `size` per micro-batch (longest first would pad less, but the
         order keeps a step reproducible across restarts)."""
         return [self.collate(seqs[i : i + size]) for i in range(0, len(seqs), size)]
+
+    def packed_batches(self, seqs: list[Sequence], max_tokens: int) -> list[MicroBatch]:
+        """Sequences in order, packed into rows of at most `max_tokens` tokens (a longer
+        sequence gets a row of its own)."""
+        out, part, size = [], [], 0
+        for s in seqs:
+            n = s.input_ids.numel()
+            if part and size + n > max_tokens:
+                out.append(self.pack(part))
+                part, size = [], 0
+            part.append(s)
+            size += n
+        if part:
+            out.append(self.pack(part))
+        return out
+
+    def pack(self, seqs: list[Sequence]) -> MicroBatch:
+        """Sequences concatenated into one row [1, T], no padding. Positions restart at every
+        sequence: row 0 of `position_ids` [4, 1, T] holds each sequence's text positions (the
+        model derives a block-causal mask from them), rows 1-3 its multimodal RoPE positions
+        (learner.positions, as the rollout engine computes them). The LM head runs on the
+        completion-predicting positions only; targets, mask and behaviour log-probs are laid
+        out per sequence [B, C] (C: the longest completion)."""
+        if not seqs:
+            raise ValueError("pack needs at least one sequence")
+        if any(s.input_ids.numel() <= s.prompt_len or s.prompt_len < 1 for s in seqs):
+            raise ValueError("every sequence needs a prompt and at least one completion token")
+        b = len(seqs)
+        width = max(s.input_ids.numel() - s.prompt_len for s in seqs)
+        targets = torch.full((b, width), self.pad_id, dtype=torch.int64)  # [B, C]
+        mask = torch.zeros(b, width, dtype=torch.float32)  # [B, C]
+        behaviour = torch.zeros(b, width, dtype=torch.float32)  # [B, C]
+        keep, rows, cols, positions, offset = [], [], [], [], 0
+        for i, s in enumerate(seqs):
+            n, p = s.input_ids.numel(), s.prompt_len
+            c = n - p
+            targets[i, :c] = s.input_ids[p:]
+            mask[i, :c] = 1.0
+            if s.behaviour_logprobs is not None:
+                behaviour[i, :c] = s.behaviour_logprobs
+            keep.append(torch.arange(offset + p - 1, offset + n - 1))
+            rows.append(torch.full((c,), i, dtype=torch.int64))
+            cols.append(torch.arange(c))
+            types = self.processor.create_mm_token_type_ids([s.input_ids.tolist()])[0]
+            text = torch.arange(n).unsqueeze(0)  # [1, n]
+            positions.append(torch.cat([text, self._rope_positions(types, s.vision)]))
+            offset += n
+        ids = torch.cat([s.input_ids for s in seqs]).unsqueeze(0)  # [1, T]
+        types = torch.tensor(self.processor.create_mm_token_type_ids(ids.tolist()))  # [1, T]
+        keep_t = torch.cat(keep)  # [K]
+        layout = PackedLayout(
+            keep=keep_t,
+            targets=ids[0, keep_t + 1].unsqueeze(0),
+            rows=torch.cat(rows),
+            cols=torch.cat(cols),
+        )
+        return MicroBatch(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            mm_token_type_ids=types,
+            targets=targets,
+            loss_mask=mask,
+            behaviour_logprobs=behaviour,
+            advantages=torch.tensor([s.advantage for s in seqs], dtype=torch.float32),
+            vision=_stack_vision([s.vision for s in seqs if s.vision is not None]),
+            position_ids=torch.cat(positions, dim=1).unsqueeze(1),  # [4, 1, T]
+            packed=layout,
+        )
+
+    def _rope_positions(self, types: list[int], vision: VisionInputs | None) -> torch.Tensor:
+        """[3, n] multimodal RoPE positions of one sequence, either family."""
+        if self.family == "qwen2_5_vl":
+            tps = self.tokens_per_second
+            if tps is None:
+                raise ValueError(
+                    "packing Qwen2.5-VL sequences needs vision_config.tokens_per_second in the "
+                    "model's config.json"
+                )
+            if vision is None:
+                return mrope_positions(types, [], [], SPATIAL_MERGE)
+            t, h, w = (int(x) for x in vision.video_grid_thw[0])
+            seconds = (
+                1.0 if vision.second_per_grid_ts is None else float(vision.second_per_grid_ts[0])
+            )
+            return mrope_positions(types, [(t, h, w)], [seconds * tps], SPATIAL_MERGE)
+        # Qwen3-VL: every frame is its own vision run (timestamps in text between them), t = 1.
+        grids: list[tuple[int, int, int]] = []
+        if vision is not None:
+            t, h, w = (int(x) for x in vision.video_grid_thw[0])
+            grids = [(1, h, w)] * t
+        return mrope_positions(types, grids, [1.0] * len(grids), SPATIAL_MERGE)
 
     def collate(self, seqs: list[Sequence]) -> MicroBatch:
         """Right-pad sequences into one micro-batch."""

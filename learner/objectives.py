@@ -14,7 +14,7 @@ import torch
 
 from learner.collate import MicroBatch
 from learner.grpo import grpo_loss, grpo_metrics, token_entropy, token_logprobs
-from learner.sft import sft_loss
+from learner.sft import nll_loss
 from system.config import GRPOConfig
 
 
@@ -49,6 +49,14 @@ class Objective(Protocol):
         ...
 
 
+def scored_logprobs(
+    batch: MicroBatch, logits: torch.Tensor, temperature: float, chunk: int
+) -> torch.Tensor:
+    """Log-probs of the targets at the positions the logits came out for (padded [B, K, V] or
+    packed [1, K, V]), laid out per sequence like `batch.targets`."""
+    return batch.per_sequence(token_logprobs(logits, batch.head_targets(), temperature, chunk))
+
+
 class GRPOObjective:
     """Clipped policy gradient against the proximal policy + truncated IS to the behaviour
     policy + β·KL (learner.grpo), on the policy at the rollouts' sampling temperature (the
@@ -69,7 +77,7 @@ class GRPOObjective:
         old_logprobs: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.config
-        logprobs = token_logprobs(logits, batch.targets, self.temperature, self.chunk)  # [B, K]
+        logprobs = scored_logprobs(batch, logits, self.temperature, self.chunk)  # [B, C]
         terms = grpo_loss(
             logprobs,
             batch.behaviour_logprobs,
@@ -87,7 +95,7 @@ class GRPOObjective:
             total_sequences=totals.sequences,
         )
         with torch.no_grad():
-            entropy = token_entropy(logits, self.temperature, self.chunk)  # [B, K]
+            entropy = batch.per_sequence(token_entropy(logits, self.temperature, self.chunk))
             metrics = grpo_metrics(
                 terms, logprobs, batch.behaviour_logprobs, batch.loss_mask, c.is_cap, entropy
             )
@@ -111,4 +119,5 @@ class SFTObjective:
         totals: StepTotals,
         old_logprobs: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        return sft_loss(logits, batch.targets, batch.loss_mask, totals.tokens, self.chunk)
+        logprobs = scored_logprobs(batch, logits, 1.0, self.chunk)  # [B, C]
+        return nll_loss(logprobs, batch.loss_mask, totals.tokens)

@@ -99,7 +99,13 @@ def sft_loss(
 
     Returns (loss, metrics); `total_tokens` is the step-wide count when this is a part;
     `chunk`: positions per chunk of the log-softmax (learner.grpo.token_logprobs)."""
-    logprobs = token_logprobs(logits, targets, 1.0, chunk)  # [B, L]
+    return nll_loss(token_logprobs(logits, targets, 1.0, chunk), mask, total_tokens)
+
+
+def nll_loss(
+    logprobs: torch.Tensor, mask: torch.Tensor, total_tokens: float | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Token-mean NLL from the completion tokens' log-probs [B, L] under mask [B, L]."""
     loss = aggregate(-logprobs, mask, "token_mean", total_tokens)
     with torch.no_grad():
         nll = float(aggregate(-logprobs, mask, "token_mean"))

@@ -38,8 +38,7 @@ import torch
 from learner import engine as eng
 from learner.collate import Collator, MicroBatch, Sequence
 from learner.export import export_weights, save_hf
-from learner.grpo import token_logprobs
-from learner.objectives import GRPOObjective, Objective, SFTObjective, StepTotals
+from learner.objectives import GRPOObjective, Objective, SFTObjective, StepTotals, scored_logprobs
 from learner.sources import BatchSource, QueueSource, RecordSource
 from system.config import RunConfig
 from system.config.errors import NonFiniteError
@@ -161,7 +160,7 @@ class LearnerWorker:
                 self.source.give_back(batch)
             return {"step": float(self.state.step), "interrupted": 1.0}
         self._uncommitted_groups += batch.group_ids
-        micro = self.collator.micro_batches(batch.sequences, self.config.learner.micro_batch_size)
+        micro = self._micro_batches(batch.sequences)
         n_micro, tokens, seqs = _agree(micro)
         micro += [micro[-1].filler()] * (n_micro - len(micro))
         totals = StepTotals(tokens=tokens, sequences=seqs)
@@ -181,6 +180,14 @@ class LearnerWorker:
         out["trained_tokens"] = tokens  # completion tokens in the loss, all ranks
         out["trained_sequences"] = seqs
         return out
+
+    def _micro_batches(self, seqs: list[Sequence]) -> list[MicroBatch]:
+        """Packed rows up to `learner.max_tokens_per_micro_batch` tokens (`learner.packing`),
+        else `learner.micro_batch_size` sequences padded to the longest."""
+        learner = self.config.learner
+        if learner.packing:
+            return self.collator.packed_batches(seqs, learner.max_tokens_per_micro_batch)
+        return self.collator.micro_batches(seqs, learner.micro_batch_size)
 
     def _update(
         self,
@@ -233,8 +240,8 @@ class LearnerWorker:
             return self._logprobs(ref_logits, mb, self.objective.temperature)
 
     def _logprobs(self, logits: torch.Tensor, mb: MicroBatch, temperature: float) -> torch.Tensor:
-        """Token log-probs [B, K] of the scored positions, chunked as configured."""
-        return token_logprobs(logits, mb.targets, temperature, self.objective.chunk)
+        """Token log-probs [B, C] of the scored positions, chunked as configured."""
+        return scored_logprobs(mb, logits, temperature, self.objective.chunk)
 
     def _micro_step(
         self,

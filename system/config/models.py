@@ -257,7 +257,13 @@ class LearnerConfig(_Section):
     groups_per_step: int = Field(4, ge=1)
     """Rollout groups (or SFT examples) consumed per optimizer step, over all ranks."""
     micro_batch_size: int = Field(2, ge=1)
-    """Sequences per forward/backward."""
+    """Sequences per forward/backward when not packing (padded to the longest)."""
+    packing: bool = True
+    """Pack sequences into one row per micro-batch (no padding; positions and the attention
+    mask restart at each sequence), up to `max_tokens_per_micro_batch` tokens."""
+    max_tokens_per_micro_batch: int = Field(8192, ge=1)
+    """Token budget of a packed micro-batch (prompt, video and completion tokens); a longer
+    sequence gets one of its own."""
     partitioned_load: bool = True
     """Build the policy and the reference partitioned across the ranks under ZeRO-3
     (HfDeepSpeedConfig + zero.Init): no rank holds a whole model. false: every rank loads the

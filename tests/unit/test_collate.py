@@ -179,3 +179,42 @@ def test_completion_with_vision_placeholder_is_rejected(setup, token):
     group = _group(prompt, video.ref, [[50, placeholder, 70], [80, 90]], [1.0, 0.0])
     with pytest.raises(GroupRejected, match="vision placeholder"):
         collator.group_sequences(group, torch.tensor([1.0, -1.0]))
+
+
+def test_packed_row_gives_the_padded_log_probs(setup):
+    """Sequences of different prompts and completion lengths (with a video or text only) packed
+    into one row score exactly as when padded into a batch (1e-5): positions restart per
+    sequence, the block-causal mask keeps them apart, the LM head runs on the completion
+    positions only, and the log-probs come back laid out per sequence."""
+    from transformers import AutoModelForImageTextToText
+
+    from learner.collate import Sequence
+    from learner.objectives import scored_logprobs
+    from learner.worker import _tokens_per_second
+
+    family, path, processor, video, prompt = setup
+    collator = Collator(processor, family, tokens_per_second=_tokens_per_second(str(path)))
+    vision = collator.vision_inputs(video.ref)
+    g = torch.Generator().manual_seed(0)
+    seqs = [
+        Sequence(torch.cat([prompt, torch.randint(100, 1000, (c,), generator=g)]),
+                 prompt.numel(), advantage=float(c), vision=vision)
+        for c in (5, 17, 9)
+    ]  # fmt: skip
+    text = torch.tensor(processor.tokenizer("hello there friend")["input_ids"])
+    seqs.insert(1, Sequence(torch.cat([text, torch.tensor([5, 6, 7])]), text.numel()))
+    packed, padded = collator.pack(seqs), collator.collate(seqs)
+    assert packed.input_ids.shape == (1, sum(s.input_ids.numel() for s in seqs))
+    assert packed.scored_positions == 5 + 3 + 17 + 9 == packed.num_tokens
+    assert packed.num_sequences == 4 and packed.advantages.tolist() == [5.0, 1.0, 17.0, 9.0]
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    with torch.no_grad():
+        lp_packed = scored_logprobs(packed, model(**packed.model_inputs()).logits, 0.8, 4)
+        lp_padded = scored_logprobs(padded, model(**padded.model_inputs()).logits, 0.8, 0)
+    for i in range(len(seqs)):
+        ours = lp_packed[i][packed.loss_mask[i].bool()]
+        theirs = lp_padded[i][padded.loss_mask[i].bool()]
+        assert ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-5), i
+    # A token budget splits the sequences in order into rows.
+    rows = collator.packed_batches(seqs, seqs[0].input_ids.numel() + seqs[1].input_ids.numel())
+    assert [r.num_sequences for r in rows] == [2, 1, 1]
