@@ -241,7 +241,7 @@ class LearnerWorker:
 
     def _logprobs(self, logits: torch.Tensor, mb: MicroBatch, temperature: float) -> torch.Tensor:
         """Token log-probs [B, C] of the scored positions, chunked as configured."""
-        return scored_logprobs(mb, logits, temperature, self.objective.chunk)
+        return scored_logprobs(mb, logits, temperature, self.config.learner.logprob_chunk)
 
     def _micro_step(
         self,

@@ -2,8 +2,9 @@
 the learner's memory.
 
 Two learner ranks (processes, DeepSpeed ZeRO-3: gloo + fp32 on CPU, NCCL + bf16 with CUDA)
-train GRPO on groups from an embedded Redis (G=4, 4 frames of a synthetic clip, 16-token
-completions), exporting the trainable weights after every step to a sink sender. Reported per
+train GRPO on groups from an embedded Redis (G=4, 4 frames of a synthetic clip, completions of
+16-512 tokens), exporting the trainable weights after every step to a sink sender, once with
+packed micro-batches and once padded (`learner.packing`), on the same groups. Reported per
 step (mean over the timed steps, the first one is warm-up): data (consume + video re-decode +
 processor + collate), forward (policy and reference), backward, optimizer, export; plus
 completion tokens/s and export GB/s. `--size 3b` builds a random model of Qwen2.5-VL-3B's
@@ -26,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
-G, COMPLETION = 4, 16
+G = 4
+COMPLETION = (16, 512)
+"""Completion lengths, drawn uniformly per sample: a mixed-length batch."""
 # Qwen2.5-VL-3B's dimensions, as a TinySpec (vocab, hidden, layers, heads, kv heads, MLP,
 # vision hidden, depth, heads, MLP).
 SIZE_3B = (151_936, 2048, 36, 16, 2, 11_008, 1280, 32, 16, 3420)
@@ -77,10 +80,11 @@ def _groups(model: Path, data: Path, n: int, run: str) -> list[Any]:
         record = Record(**json.loads(lines[i % len(lines)]))
         video = decode_video(str(data / record.video), budget, "qwen2_5_vl")
         prompt = encode_prompt(processor, record, video, "answer_twice").numpy()
+        lengths = rng.integers(COMPLETION[0], COMPLETION[1] + 1, G)
         samples = [
-            RolloutSample(rng.integers(100, 4000, COMPLETION).astype(np.int32),
-                          np.full(COMPLETION, -8.0, np.float32), float(j % 2))
-            for j in range(G)
+            RolloutSample(rng.integers(100, 4000, n).astype(np.int32),
+                          np.full(n, -8.0, np.float32), float(j % 2))
+            for j, n in enumerate(lengths)
         ]  # fmt: skip
         out.append(
             RolloutGroup(run, RolloutGroup.new_group_id(), record.id, 0, 0.0, 0.0,
@@ -134,25 +138,53 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data = cache / "learner-synthetic"
     if not (data / "train.jsonl").is_file():
         generate(data, n_train=8, n_eval=0, seed=0)
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis") as redis:
-        qc = QueueConfig(url=redis.url, min_idle_ms=600_000, block_ms=200)
-        os.environ[qc.password_env] = redis.password
-        queue = RolloutQueue(redis.client(), "bench", qc)
-        for g in _groups(model, data, steps * world, "bench"):
-            queue.produce(g)
-        spec = {
-            "config": _config(qc, world),
-            "model": str(model),
-            "ckpt": str(Path(tmp) / "ckpt"),
-            "steps": steps,
-            "password_env": qc.password_env,
-            "password": redis.password,
-        }
-        rows = _spawn(spec, world, Path(tmp) / "rows.json")
-    figures = _report(rows, size, world, model)
+    groups = _groups(model, data, steps * world, "bench")
+    runs = {}
+    for mode in ("packed", "padded"):  # the same groups, each way
+        with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis") as redis:
+            qc = QueueConfig(url=redis.url, min_idle_ms=600_000, block_ms=200)
+            os.environ[qc.password_env] = redis.password
+            queue = RolloutQueue(redis.client(), "bench", qc)
+            for g in groups:
+                queue.produce(g)
+            spec = {
+                "config": _config(qc, world, packing=mode == "packed"),
+                "model": str(model),
+                "ckpt": str(Path(tmp) / "ckpt"),
+                "steps": steps,
+                "password_env": qc.password_env,
+                "password": redis.password,
+            }
+            runs[mode] = _spawn(spec, world, Path(tmp) / "rows.json")
+    figures = _report(runs["packed"], size, world, model)
+    figures["padded"] = _throughput(runs["padded"])
+    figures.update(_comparison(runs, figures))
     if not torch.cuda.is_available():
         figures.update(_memory(model, args.quick))
     return figures
+
+
+def _throughput(rows: list[dict[str, float]]) -> dict[str, float]:
+    timed = rows[1:] or rows
+    step = float(np.mean([r["step_s"] for r in timed]))
+    tokens = float(np.mean([r["trained_tokens"] for r in timed]))
+    return {"step_s": step, "completion_tokens_per_s": tokens / step}
+
+
+def _comparison(runs: dict[str, list[dict[str, float]]], figures: dict[str, Any]) -> dict:
+    """Packed against padded on the same groups: throughput ratio and the first step's loss
+    (the same weights and samples, so the same loss up to summation order)."""
+    packed, padded = _throughput(runs["packed"]), figures["padded"]
+    diff = abs(runs["packed"][0]["loss"] - runs["padded"][0]["loss"])
+    out = {
+        "packed_over_padded": packed["completion_tokens_per_s"] / padded["completion_tokens_per_s"],
+        "first_step_loss_diff": diff,
+    }
+    print(f"packed vs padded (micro_batch_size 2), completions of {COMPLETION[0]}-"
+          f"{COMPLETION[1]} tokens: {packed['completion_tokens_per_s']:.1f} vs "
+          f"{padded['completion_tokens_per_s']:.1f} completion tokens/s "
+          f"({out['packed_over_padded']:.2f}x); first-step loss differs by {diff:.2e}")  # fmt: skip
+    return out
 
 
 def _memory(model: Path, quick: bool) -> dict[str, Any]:
@@ -169,13 +201,19 @@ def _memory(model: Path, quick: bool) -> dict[str, Any]:
     return figures
 
 
-def _config(qc: Any, world: int) -> dict[str, Any]:
+def _config(qc: Any, world: int, packing: bool) -> dict[str, Any]:
     return {
         "name": "bench",
         "model": {"family": "qwen2_5_vl"},
         "queue": qc.model_dump(mode="json"),
         "rollout": {"max_staleness": 1000},
-        "learner": {"num_ranks": world, "groups_per_step": world, "micro_batch_size": 2},
+        "learner": {
+            "num_ranks": world,
+            "groups_per_step": world,
+            "micro_batch_size": 2,
+            "packing": packing,
+            "max_tokens_per_micro_batch": 4096,
+        },
         "weight_sync": {"bucket_mb": 64},
     }
 
@@ -202,11 +240,10 @@ def _report(rows: list[dict[str, float]], size: str, world: int, model: Path) ->
     figures: dict[str, Any] = {"size": size, "ranks": world, "steps_timed": len(timed)}
     for phase in PHASES:
         figures[phase] = float(np.mean([r[phase] for r in timed]))
-    tokens = world * G * COMPLETION
-    figures["completion_tokens_per_s"] = tokens / figures["step_s"]
+    figures["completion_tokens_per_s"] = _throughput(rows)["completion_tokens_per_s"]
     figures["export_gb_per_s"] = float(np.mean([r["bytes"] / r["export_s"] for r in timed])) / 1e9
     figures["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"learner step, qwen2_5_vl {size}, {world} ranks ZeRO-3 ({figures['device']}), "
+    print(f"learner step (packed), qwen2_5_vl {size}, {world} ranks ZeRO-3 ({figures['device']}), "
           f"mean of {len(timed)} steps after warm-up")  # fmt: skip
     print(f"{'phase':<12}{'seconds':>10}{'share':>9}")
     for phase in PHASES[:-1]:

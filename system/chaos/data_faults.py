@@ -138,6 +138,7 @@ class NaNObjective:
         self.inner, self.worker, self.steps = inner, worker, steps
         self.needs_reference = inner.needs_reference
         self.temperature = inner.temperature
+        self.chunk = inner.chunk
 
     def loss(
         self, batch: Any, logits: Any, ref_logprobs: Any, totals: Any, old_logprobs: Any = None
