@@ -60,8 +60,10 @@ def metadata(
     ]
 
 
-def gathered(module: torch.nn.Module, keep: Callable[[str], bool]) -> Iterator[tuple[str, Any]]:
-    """(name, full tensor on CPU) on rank 0, (name, None) elsewhere; collective."""
+def gathered(
+    module: torch.nn.Module, keep: Callable[[str], bool], device: Any = "cpu"
+) -> Iterator[tuple[str, Any]]:
+    """(name, full tensor copied to `device`) on rank 0, (name, None) elsewhere; collective."""
     import deepspeed
 
     rank = dist.get_rank() if dist.is_initialized() else 0
@@ -69,7 +71,7 @@ def gathered(module: torch.nn.Module, keep: Callable[[str], bool]) -> Iterator[t
         params = [p for _, p in group]
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
             for name, param in group:
-                yield name, param.detach().to("cpu", copy=True) if rank == 0 else None
+                yield name, param.detach().to(device, copy=True) if rank == 0 else None
 
 
 def export_weights(
@@ -83,7 +85,8 @@ def export_weights(
 ) -> dict[str, float]:
     """Send the parameters `keep` selects as weight version `version` (collective), the
     layout announced up front (from the parameters' full shapes, before any gather).
-    `packer` keeps the bucket buffers from one version to the next.
+    `packer` keeps the bucket buffers from one version to the next; they live on the
+    sender's `device` when it has one (NCCL), else in host memory (gloo).
 
     Returns {"bytes", "buckets"} on rank 0. Raises WeightSyncError on every rank when rank 0
     could not deliver within `timeout_s`."""
@@ -94,12 +97,16 @@ def export_weights(
     packer = packer or BucketPacker()
     packer.start()
 
+    sending = deadline is not None and sender is not None
+    # A sender on a GPU (NCCL) gets buckets packed on its device: gathered parameters are
+    # copied device to device into the packer's reused buffers, never through host memory.
+    device = getattr(sender, "device", None) if sending else None
+
     def named() -> Iterator[tuple[str, torch.Tensor]]:
-        for name, tensor in gathered(module, keep):
+        for name, tensor in gathered(module, keep, device or "cpu"):
             if tensor is not None:
                 yield name, tensor
 
-    sending = deadline is not None and sender is not None
     try:
         if sending:
             try:

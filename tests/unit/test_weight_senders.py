@@ -209,3 +209,35 @@ def test_nccl_sender_needs_cuda():
         sender.connect()
     with pytest.raises(WeightSyncError, match="connect"):
         sender.start(1)
+
+
+@pytest.mark.filterwarnings("ignore:Tensor .* exceeds buffer_size_bytes")  # vLLM's, expected
+@pytest.mark.parametrize("buffer_bytes", [1, 40, 100, 10_000])
+def test_packed_chunks_follow_vllms_wire_format(buffer_bytes):
+    """The NCCL sender's chunks are byte for byte the ones vLLM's own packer makes from the same
+    tensors (its consumer derives the boundaries from the parameter list alone), however the
+    tensors arrive in buckets."""
+    from vllm.distributed.weight_transfer.packed_tensor import pack_tensors
+
+    from actors.weight_transfer.nccl_sender import VllmChunks
+
+    named = _named()
+    items = iter(named)
+    theirs = []
+    while (chunk := pack_tensors(items, lambda item: item[1], buffer_bytes)) is not None:
+        theirs.append(chunk.packed_tensor)
+    chunks = VllmChunks(buffer_bytes)
+    ours = [c for _, t in named if (c := chunks.add(t)) is not None]
+    if (last := chunks.close()) is not None:
+        ours.append(last)
+    assert len(ours) == len(theirs) > 0
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+def test_nccl_sender_announces_packed_transfers():
+    from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferInitInfo
+
+    sender = NcclRolloutSender([FakeClient()], "10.0.0.1", 29600, 5.0, packed_bytes=1 << 20)
+    info = NCCLWeightTransferInitInfo(**sender.init_info(1))
+    assert info.packed and info.packed_buffer_size_bytes == 1 << 20
+    assert info.packed_num_buffers == 2
