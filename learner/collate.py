@@ -16,8 +16,10 @@ shortest prompt's last token on are scored: the model's LM head runs on those al
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -436,3 +438,10 @@ def _stack_vision(videos: list[VisionInputs]) -> dict[str, torch.Tensor]:
     if videos[0].second_per_grid_ts is not None:
         out["second_per_grid_ts"] = torch.cat([v.second_per_grid_ts for v in videos])
     return out
+
+
+def tokens_per_second(model_path: str | Path) -> float | None:
+    """The vision config's temporal position rate (Qwen2.5-VL), None when it has none."""
+    config = json.loads((Path(model_path) / "config.json").read_text())
+    value = config.get("vision_config", {}).get("tokens_per_second")
+    return None if value is None else float(value)

@@ -23,7 +23,6 @@ calls it directly in a process of its own.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 
 from learner import engine as eng
-from learner.collate import Collator, MicroBatch, Sequence
+from learner.collate import Collator, MicroBatch, Sequence, tokens_per_second
 from learner.export import export_weights, save_hf
 from learner.objectives import GRPOObjective, Objective, SFTObjective, StepTotals, scored_logprobs
 from learner.sources import BatchSource, QueueSource, RecordSource
@@ -87,7 +86,7 @@ class LearnerWorker:
         self.collator = Collator(
             self.processor,
             config.model.family,
-            tokens_per_second=_tokens_per_second(self.base_model),
+            tokens_per_second=tokens_per_second(self.base_model),
         )
         self.objective: Objective = (
             GRPOObjective(learner.grpo, config.rollout.sampling.temperature, learner.logprob_chunk)
@@ -472,10 +471,3 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tokens_per_second(model_path: str) -> float | None:
-    """The vision config's temporal position rate (Qwen2.5-VL), None when it has none."""
-    config = json.loads((Path(model_path) / "config.json").read_text())
-    value = config.get("vision_config", {}).get("tokens_per_second")
-    return None if value is None else float(value)

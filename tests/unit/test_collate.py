@@ -188,12 +188,11 @@ def test_packed_row_gives_the_padded_log_probs(setup):
     positions only, and the log-probs come back laid out per sequence."""
     from transformers import AutoModelForImageTextToText
 
-    from learner.collate import Sequence
+    from learner.collate import Sequence, tokens_per_second
     from learner.objectives import scored_logprobs
-    from learner.worker import _tokens_per_second
 
     family, path, processor, video, prompt = setup
-    collator = Collator(processor, family, tokens_per_second=_tokens_per_second(str(path)))
+    collator = Collator(processor, family, tokens_per_second=tokens_per_second(path))
     vision = collator.vision_inputs(video.ref)
     g = torch.Generator().manual_seed(0)
     seqs = [
