@@ -122,6 +122,12 @@ class MicroBatch:
                 "position_ids": self.position_ids,
                 "logits_to_keep": self.packed.keep,
                 "use_cache": False,  # with a cache the model would not look for packing
+                # The sequences' boundaries, for varlen attention (FlashAttention-2's keywords;
+                # learner.attention's SDPA takes them too).
+                "cu_seq_lens_q": self.packed.bounds,
+                "cu_seq_lens_k": self.packed.bounds,
+                "max_length_q": self.packed.longest,
+                "max_length_k": self.packed.longest,
             }
         return {
             "input_ids": self.input_ids,
@@ -171,6 +177,12 @@ class PackedLayout:
     """[K] the sequence (row of `MicroBatch.targets`) each kept position belongs to."""
     cols: torch.Tensor
     """[K] its column there."""
+    bounds: torch.Tensor
+    """[n + 1] int32: where each sequence starts in the row, then the row's length."""
+
+    @property
+    def longest(self) -> int:
+        return int((self.bounds[1:] - self.bounds[:-1]).max())
 
 
 class Collator:
@@ -334,11 +346,13 @@ class Collator:
         ids = torch.cat([s.input_ids for s in seqs]).unsqueeze(0)  # [1, T]
         types = torch.tensor(self.processor.create_mm_token_type_ids(ids.tolist()))  # [1, T]
         keep_t = torch.cat(keep)  # [K]
+        lengths = torch.tensor([0] + [s.input_ids.numel() for s in seqs])
         layout = PackedLayout(
             keep=keep_t,
             targets=ids[0, keep_t + 1].unsqueeze(0),
             rows=torch.cat(rows),
             cols=torch.cat(cols),
+            bounds=lengths.cumsum(0).to(torch.int32),
         )
         return MicroBatch(
             input_ids=ids,

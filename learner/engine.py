@@ -90,11 +90,12 @@ def load_model(
     from transformers import AutoModelForImageTextToText
     from transformers.integrations import HfDeepSpeedConfig
 
+    from learner.attention import VARLEN_SDPA, register
     from learner.loading import load_partitioned
 
-    kwargs: dict[str, Any] = {}
-    if config.attn_implementation is not None:
-        kwargs["attn_implementation"] = config.attn_implementation
+    register()
+    # sdpa by default, with per-sequence spans for packed rows (learner.attention).
+    kwargs: dict[str, Any] = {"attn_implementation": config.attn_implementation or VARLEN_SDPA}
     model = None if zero3 is None else load_partitioned(path, dtype, zero3, **kwargs)
     if model is None:
         # transformers holds only a weak reference: the object must live through

@@ -212,7 +212,6 @@ def _config(qc: Any, world: int, packing: bool) -> dict[str, Any]:
             "groups_per_step": world,
             "micro_batch_size": 2,
             "packing": packing,
-            "max_tokens_per_micro_batch": 4096,
         },
         "weight_sync": {"bucket_mb": 64},
     }

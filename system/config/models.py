@@ -42,8 +42,9 @@ class ModelConfig(_Section):
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass to save memory."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
-    """The learner's attention kernel (transformers' attn_implementation); None: its default
-    (sdpa). GPU recipes set flash_attention_2 (needs the flash-attn package)."""
+    """The learner's attention kernel (transformers' attn_implementation). None: SDPA, with
+    each packed sequence attended over its own span (learner.attention); flash_attention_2
+    (needs the flash-attn package) runs packed rows as varlen on GPU."""
 
 
 class DatasetSpec(_Section):

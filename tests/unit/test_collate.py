@@ -181,7 +181,8 @@ def test_completion_with_vision_placeholder_is_rejected(setup, token):
         collator.group_sequences(group, torch.tensor([1.0, -1.0]))
 
 
-def test_packed_row_gives_the_padded_log_probs(setup):
+@pytest.mark.parametrize("attention", ["sdpa", "reelrl_varlen_sdpa"])
+def test_packed_row_gives_the_padded_log_probs(setup, attention):
     """Sequences of different prompts and completion lengths (with a video or text only) packed
     into one row score exactly as when padded into a batch (1e-5): positions restart per
     sequence, the block-causal mask keeps them apart, the LM head runs on the completion
@@ -206,7 +207,11 @@ def test_packed_row_gives_the_padded_log_probs(setup):
     assert packed.input_ids.shape == (1, sum(s.input_ids.numel() for s in seqs))
     assert packed.scored_positions == 5 + 3 + 17 + 9 == packed.num_tokens
     assert packed.num_sequences == 4 and packed.advantages.tolist() == [5.0, 1.0, 17.0, 9.0]
-    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    from learner.attention import register
+
+    register()  # sdpa: the block mask over the row; ours: SDPA over each sequence's own span
+    model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation=attention)
+    model.eval()
     with torch.no_grad():
         lp_packed = scored_logprobs(packed, model(**packed.model_inputs()).logits, 0.8, 4)
         lp_padded = scored_logprobs(padded, model(**padded.model_inputs()).logits, 0.8, 0)
