@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import tempfile
 from pathlib import Path
@@ -37,9 +36,11 @@ PHASES = ("data_s", "forward_s", "backward_s", "optimizer_s", "export_s", "step_
 
 
 class SinkSender:
-    """A WeightSender that keeps nothing: measures the export side alone."""
+    """A WeightSender that keeps nothing: measures the export side alone. With a `device`, the
+    export gathers and packs there, as for the NCCL sender."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: Any = None) -> None:
+        self.device = device
         self.bytes = 0
 
     def start(self, version: int, layout: Any = None) -> None:
@@ -218,17 +219,9 @@ def _config(qc: Any, world: int, packing: bool) -> dict[str, Any]:
 
 
 def _spawn(spec: dict[str, Any], world: int, out: Path) -> list[dict[str, float]]:
-    ctx = mp.get_context("spawn")
-    from system.transport.redis_server import free_port
+    from system.benchmarks.learner_memory import spawn_ranks
 
-    port = free_port()
-    procs = [ctx.Process(target=_rank, args=(r, world, port, spec, str(out))) for r in range(world)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    if any(p.exitcode != 0 for p in procs):
-        raise RuntimeError(f"learner ranks failed: exit codes {[p.exitcode for p in procs]}")
+    spawn_ranks(_rank, world, spec, str(out))
     return json.loads(out.read_text())
 
 

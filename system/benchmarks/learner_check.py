@@ -34,23 +34,6 @@ PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
 VIDEO_GRID = "16,32,32"  # t, h, w in patches: 16 * 32 * 32 / 2² = 4096 visual tokens
 
 
-class DeviceSink:
-    """A WeightSender that receives buckets on the export device and keeps nothing."""
-
-    def __init__(self, device: Any) -> None:
-        self.device = device
-        self.bytes = 0
-
-    def start(self, version: int, layout: Any = None) -> None:
-        pass
-
-    def send_bucket(self, bucket: Any) -> None:
-        self.bytes += bucket.packed.numel()
-
-    def finish(self, version: int) -> None:
-        pass
-
-
 def build(dims: str, out: Path) -> Path:
     import torch
 
@@ -129,6 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from learner.collate import Collator, tokens_per_second
     from learner.export import export_weights
     from learner.objectives import GRPOObjective, StepTotals
+    from system.benchmarks.learner import SinkSender
     from system.config import LearnerConfig, ModelConfig
     from system.config.models import GRPOConfig
 
@@ -175,7 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"step {step + 1}/{args.steps}: {times[-1]:.3f} s", flush=True)
     step_s = sum(times[1:]) / max(1, len(times) - 1) if len(times) > 1 else times[0]
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-    sink = DeviceSink(device if cuda else None)
+    sink = SinkSender(device if cuda else None)
     sync(cuda)
     t2 = time.perf_counter()
     export_weights(engine.module, sink, 1, lambda _: True, 1 << 30, 600.0)

@@ -35,6 +35,22 @@ def _rss_mib() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def spawn_ranks(target: Any, world: int, *args: Any) -> None:
+    """`target(rank, world, port, *args)` in `world` fresh processes (one process group on a
+    free port); raises when any of them fails."""
+    from system.transport.redis_server import free_port
+
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    procs = [ctx.Process(target=target, args=(r, world, port, *args)) for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    if any(p.exitcode != 0 for p in procs):
+        raise RuntimeError(f"ranks failed: exit codes {[p.exitcode for p in procs]}")
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -65,21 +81,8 @@ def load_peaks(model: Path, partitioned: bool, world: int = 2) -> dict[str, floa
     """Peak RSS (MiB) per rank while building policy + reference on `world` ranks."""
     import tempfile
 
-    from system.transport.redis_server import free_port
-
-    ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        procs = [
-            ctx.Process(target=_load_rank, args=(r, world, port, str(model), partitioned, tmp))
-            for r in range(world)
-        ]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-        if any(p.exitcode != 0 for p in procs):
-            raise RuntimeError(f"loading ranks failed: exit codes {[p.exitcode for p in procs]}")
+        spawn_ranks(_load_rank, world, str(model), partitioned, tmp)
         rows = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(world)]
     return {
         "peak_rss_mib": max(r["peak_mib"] for r in rows),
