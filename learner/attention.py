@@ -1,8 +1,9 @@
 """Attention for packed rows without a varlen kernel: `VARLEN_SDPA`, transformers' SDPA
-attention plus one thing — given the packed sequences' boundaries (`cu_seq_lens_q`, the
-keyword FlashAttention-2's varlen path takes), it runs causal SDPA on each sequence's own
-span, so a packed row costs Σ len² like the sequences alone, not (Σ len)² of a block-masked
-row (which dense SDPA on a CPU computes in full and then masks).
+attention plus one thing — given the packed row's segments (`reelrl_segments`, from
+learner.collate), it runs causal SDPA on each segment's own span, so a packed row costs Σ len²
+like the sequences alone, not (Σ len)² of a block-masked row (which dense SDPA on a CPU
+computes in full and then masks); a segment that follows a shared prompt (a group's G
+completions after one copy of the prompt) also attends to that prompt in full.
 
 Registered under transformers' `AttentionInterface` (with SDPA's mask function), so a model
 loaded with `attn_implementation=VARLEN_SDPA` behaves exactly as with "sdpa" wherever no
@@ -12,7 +13,6 @@ uses `flash_attention_2`, whose varlen kernel takes the same boundaries.
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import torch
@@ -28,27 +28,35 @@ def varlen_sdpa(
     attention_mask: torch.Tensor | None,
     dropout: float = 0.0,
     scaling: float | None = None,
-    cu_seq_lens_q: torch.Tensor | None = None,
+    reelrl_segments: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """query [1, H, T, D], key/value [1, Hkv, T, D] of a packed row; `cu_seq_lens_q` [n + 1]
-    the sequences' start offsets and T. Returns ([1, T, H, D], None), as transformers' SDPA."""
-    if cu_seq_lens_q is None or query.shape[0] != 1:
+    """query [1, H, T, D], key/value [1, Hkv, T, D] of a packed row; `reelrl_segments` [S, 4]
+    (learner.collate.PackedLayout.segments): each segment's query span, causal on itself,
+    plus a span it attends to in full (its shared prompt). Returns ([1, T, H, D], None), as
+    transformers' SDPA. Without segments: transformers' SDPA."""
+    if reelrl_segments is None or query.shape[0] != 1:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+        kwargs.pop("cu_seq_lens_q", None)
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    bounds = cu_seq_lens_q.tolist()
     gqa = query.shape[1] != key.shape[1]
+    sdpa = torch.nn.functional.scaled_dot_product_attention
     parts = []
-    for s, e in itertools.pairwise(bounds):
+    for s, e, ps, pe in reelrl_segments.tolist():
         q, k, v = query[:, :, s:e], key[:, :, s:e], value[:, :, s:e]
-        parts.append(
-            torch.nn.functional.scaled_dot_product_attention(
-                q, k, v, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa
-            )
-        )
+        if pe == ps:
+            out = sdpa(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa)
+        else:  # prompt in full, then causal: query j sees the prompt and positions <= j
+            k = torch.cat([key[:, :, ps:pe], k], dim=2)
+            v = torch.cat([value[:, :, ps:pe], v], dim=2)
+            allowed = torch.ones(e - s, k.shape[2], dtype=torch.bool, device=q.device)
+            allowed = allowed.tril(diagonal=pe - ps)
+            out = sdpa(q, k, v, attn_mask=allowed, dropout_p=dropout, scale=scaling,
+                       enable_gqa=gqa)  # fmt: skip
+        parts.append(out)
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
 

@@ -122,12 +122,10 @@ class MicroBatch:
                 "position_ids": self.position_ids,
                 "logits_to_keep": self.packed.keep,
                 "use_cache": False,  # with a cache the model would not look for packing
-                # The sequences' boundaries, for varlen attention (FlashAttention-2's keywords;
-                # learner.attention's SDPA takes them too).
-                "cu_seq_lens_q": self.packed.bounds,
-                "cu_seq_lens_k": self.packed.bounds,
-                "max_length_q": self.packed.longest,
-                "max_length_k": self.packed.longest,
+                # The sequences' boundaries, for varlen attention (FlashAttention-2's keywords)
+                # and the segments learner.attention's SDPA runs (shared prompts included).
+                **self.packed.varlen(),
+                "reelrl_segments": self.packed.segments,
             }
         return {
             "input_ids": self.input_ids,
@@ -178,11 +176,23 @@ class PackedLayout:
     cols: torch.Tensor
     """[K] its column there."""
     bounds: torch.Tensor
-    """[n + 1] int32: where each sequence starts in the row, then the row's length."""
+    """[S + 1] int32: where each attention segment starts in the row, then its length."""
+    segments: torch.Tensor
+    """[S, 4] int64 per segment: query start, end, and the span of the row it also attends
+    to (a shared prompt; start == end: none)."""
 
     @property
-    def longest(self) -> int:
-        return int((self.bounds[1:] - self.bounds[:-1]).max())
+    def shares_prompts(self) -> bool:
+        return bool((self.segments[:, 3] > self.segments[:, 2]).any())
+
+    def varlen(self) -> dict[str, Any]:
+        """FlashAttention-2's varlen keywords; none when prompts are shared (no such kernel
+        takes a shared prefix: only learner.attention's SDPA runs those rows)."""
+        if self.shares_prompts:
+            return {}
+        longest = int((self.bounds[1:] - self.bounds[:-1]).max())
+        return {"cu_seq_lens_q": self.bounds, "cu_seq_lens_k": self.bounds,
+                "max_length_q": longest, "max_length_k": longest}  # fmt: skip
 
 
 class Collator:
@@ -297,28 +307,40 @@ class Collator:
         order keeps a step reproducible across restarts)."""
         return [self.collate(seqs[i : i + size]) for i in range(0, len(seqs), size)]
 
-    def packed_batches(self, seqs: list[Sequence], max_tokens: int) -> list[MicroBatch]:
+    def packed_batches(
+        self, seqs: list[Sequence], max_tokens: int, share_prompts: bool = False
+    ) -> list[MicroBatch]:
         """Sequences in order, packed into rows of at most `max_tokens` tokens (a longer
-        sequence gets a row of its own)."""
-        out, part, size = [], [], 0
+        sequence gets a row of its own; a shared prompt counts once)."""
+        out: list[MicroBatch] = []
+        part: list[Sequence] = []
+        size = 0
         for s in seqs:
             n = s.input_ids.numel()
+            if share_prompts and part and _same_prompt(part[-1], s):
+                n -= s.prompt_len
             if part and size + n > max_tokens:
-                out.append(self.pack(part))
-                part, size = [], 0
+                out.append(self.pack(part, share_prompts))
+                part, size = [], s.input_ids.numel()
+            else:
+                size += n
             part.append(s)
-            size += n
         if part:
-            out.append(self.pack(part))
+            out.append(self.pack(part, share_prompts))
         return out
 
-    def pack(self, seqs: list[Sequence]) -> MicroBatch:
+    def pack(self, seqs: list[Sequence], share_prompts: bool = False) -> MicroBatch:
         """Sequences concatenated into one row [1, T], no padding. Positions restart at every
         sequence: row 0 of `position_ids` [4, 1, T] holds each sequence's text positions (the
         model derives a block-causal mask from them), rows 1-3 its multimodal RoPE positions
         (learner.positions, as the rollout engine computes them). The LM head runs on the
         completion-predicting positions only; targets, mask and behaviour log-probs are laid
-        out per sequence [B, C] (C: the longest completion)."""
+        out per sequence [B, C] (C: the longest completion).
+
+        `share_prompts`: consecutive sequences with the same prompt (a group's G samples) put
+        it, and its video, in the row once, followed by each completion, which attends to the
+        prompt and to itself (`PackedLayout.segments`; only learner.attention's SDPA reads
+        them — the caller must load the model with it)."""
         if not seqs:
             raise ValueError("pack needs at least one sequence")
         if any(s.input_ids.numel() <= s.prompt_len or s.prompt_len < 1 for s in seqs):
@@ -328,31 +350,53 @@ class Collator:
         targets = torch.full((b, width), self.pad_id, dtype=torch.int64)  # [B, C]
         mask = torch.zeros(b, width, dtype=torch.float32)  # [B, C]
         behaviour = torch.zeros(b, width, dtype=torch.float32)  # [B, C]
-        keep, rows, cols, positions, offset = [], [], [], [], 0
-        for i, s in enumerate(seqs):
-            n, p = s.input_ids.numel(), s.prompt_len
-            c = n - p
-            targets[i, :c] = s.input_ids[p:]
-            mask[i, :c] = 1.0
-            if s.behaviour_logprobs is not None:
-                behaviour[i, :c] = s.behaviour_logprobs
-            keep.append(torch.arange(offset + p - 1, offset + n - 1))
-            rows.append(torch.full((c,), i, dtype=torch.int64))
-            cols.append(torch.arange(c))
-            types = self.processor.create_mm_token_type_ids([s.input_ids.tolist()])[0]
-            text = torch.arange(n).unsqueeze(0)  # [1, n]
-            positions.append(torch.cat([text, self._rope_positions(types, s.vision)]))
-            offset += n
-        ids = torch.cat([s.input_ids for s in seqs]).unsqueeze(0)  # [1, T]
+        pieces, positions, visions = [], [], []
+        keep, rows, cols, segments, offset = [], [], [], [], 0
+        for block in _prompt_blocks(seqs, share_prompts):
+            first = seqs[block[0]]
+            p = first.prompt_len
+            prompt = first.input_ids[:p]
+            types = self.processor.create_mm_token_type_ids([prompt.tolist()])[0]
+            rope = self._rope_positions(types, first.vision)  # [3, P]
+            pieces.append(prompt)
+            positions.append(torch.cat([torch.arange(p).unsqueeze(0), rope]))
+            if first.vision is not None:
+                visions.append(first.vision)
+            start, offset = offset, offset + p
+            segments.append((start, offset, start, start))  # the prompt: causal on itself
+            for i in block:
+                s = seqs[i]
+                completion = s.input_ids[p:]
+                c = completion.numel()
+                targets[i, :c] = completion
+                mask[i, :c] = 1.0
+                if s.behaviour_logprobs is not None:
+                    behaviour[i, :c] = s.behaviour_logprobs
+                if len(block) == 1:  # the row continues the prompt: one plain sequence
+                    segments[-1] = (start, offset + c, start, start)
+                else:
+                    segments.append((offset, offset + c, start, start + p))
+                # The prompt's last position predicts the first token; each completion token
+                # but the last predicts the next.
+                keep.append(torch.cat([torch.tensor([start + p - 1]),
+                                       torch.arange(offset, offset + c - 1)]))  # fmt: skip
+                rows.append(torch.full((c,), i, dtype=torch.int64))
+                cols.append(torch.arange(c))
+                pieces.append(completion)
+                text = torch.arange(p, p + c).unsqueeze(0)
+                after = int(rope.max()) + 1 + torch.arange(c)  # text after the prompt
+                positions.append(torch.cat([text, after.expand(3, c)]))
+                offset += c
+        ids = torch.cat(pieces).unsqueeze(0)  # [1, T]
         types = torch.tensor(self.processor.create_mm_token_type_ids(ids.tolist()))  # [1, T]
-        keep_t = torch.cat(keep)  # [K]
-        lengths = torch.tensor([0] + [s.input_ids.numel() for s in seqs])
+        spans = torch.tensor(segments, dtype=torch.int64)  # [S, 4]
         layout = PackedLayout(
-            keep=keep_t,
-            targets=ids[0, keep_t + 1].unsqueeze(0),
+            keep=torch.cat(keep),
+            targets=torch.cat([t[m.bool()] for t, m in zip(targets, mask, strict=True)])[None],
             rows=torch.cat(rows),
             cols=torch.cat(cols),
-            bounds=lengths.cumsum(0).to(torch.int32),
+            bounds=torch.cat([spans[:, 0], spans[-1:, 1]]).to(torch.int32),
+            segments=spans,
         )
         return MicroBatch(
             input_ids=ids,
@@ -362,7 +406,7 @@ class Collator:
             loss_mask=mask,
             behaviour_logprobs=behaviour,
             advantages=torch.tensor([s.advantage for s in seqs], dtype=torch.float32),
-            vision=_stack_vision([s.vision for s in seqs if s.vision is not None]),
+            vision=_stack_vision(visions),
             position_ids=torch.cat(positions, dim=1).unsqueeze(1),  # [4, 1, T]
             packed=layout,
         )
@@ -440,6 +484,24 @@ class Collator:
         return mrope_positions(
             types, [(t, h, w)], [seconds * self.tokens_per_second], SPATIAL_MERGE
         )
+
+
+def _same_prompt(a: Sequence, b: Sequence) -> bool:
+    p = a.prompt_len
+    return (
+        p == b.prompt_len and a.vision is b.vision and torch.equal(a.input_ids[:p], b.input_ids[:p])
+    )
+
+
+def _prompt_blocks(seqs: list[Sequence], share: bool) -> list[list[int]]:
+    """Indices of `seqs` in runs that share one prompt (each alone unless `share`)."""
+    blocks: list[list[int]] = []
+    for i, s in enumerate(seqs):
+        if share and blocks and _same_prompt(seqs[blocks[-1][0]], s):
+            blocks[-1].append(i)
+        else:
+            blocks.append([i])
+    return blocks
 
 
 def _stack_vision(videos: list[VisionInputs]) -> dict[str, torch.Tensor]:

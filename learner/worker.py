@@ -185,7 +185,8 @@ class LearnerWorker:
         else `learner.micro_batch_size` sequences padded to the longest."""
         learner = self.config.learner
         if learner.packing:
-            return self.collator.packed_batches(seqs, learner.max_tokens_per_micro_batch)
+            share = learner.share_prompts and self.config.model.attn_implementation is None
+            return self.collator.packed_batches(seqs, learner.max_tokens_per_micro_batch, share)
         return self.collator.micro_batches(seqs, learner.micro_batch_size)
 
     def _update(

@@ -262,6 +262,11 @@ class LearnerConfig(_Section):
     packing: bool = True
     """Pack sequences into one row per micro-batch (no padding; positions and the attention
     mask restart at each sequence), up to `max_tokens_per_micro_batch` tokens."""
+    share_prompts: bool = True
+    """In a packed row, a group's G samples share one copy of their prompt and video (each
+    completion attends to it and to itself): the prompt and the vision tower run once per
+    group, not G times. Needs the default attention (`model.attn_implementation` unset);
+    with another kernel the prompts are repeated."""
     max_tokens_per_micro_batch: int = Field(8192, ge=1)
     """Token budget of a packed micro-batch (prompt, video and completion tokens); a longer
     sequence gets one of its own."""

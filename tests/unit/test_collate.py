@@ -181,8 +181,11 @@ def test_completion_with_vision_placeholder_is_rejected(setup, token):
         collator.group_sequences(group, torch.tensor([1.0, -1.0]))
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "reelrl_varlen_sdpa"])
-def test_packed_row_gives_the_padded_log_probs(setup, attention):
+@pytest.mark.parametrize(
+    ("attention", "share"),
+    [("sdpa", False), ("reelrl_varlen_sdpa", False), ("reelrl_varlen_sdpa", True)],
+)
+def test_packed_row_gives_the_padded_log_probs(setup, attention, share):
     """Sequences of different prompts and completion lengths (with a video or text only) packed
     into one row score exactly as when padded into a batch (1e-5): positions restart per
     sequence, the block-causal mask keeps them apart, the LM head runs on the completion
@@ -203,8 +206,11 @@ def test_packed_row_gives_the_padded_log_probs(setup, attention):
     ]  # fmt: skip
     text = torch.tensor(processor.tokenizer("hello there friend")["input_ids"])
     seqs.insert(1, Sequence(torch.cat([text, torch.tensor([5, 6, 7])]), text.numel()))
-    packed, padded = collator.pack(seqs), collator.collate(seqs)
-    assert packed.input_ids.shape == (1, sum(s.input_ids.numel() for s in seqs))
+    packed, padded = collator.pack(seqs, share), collator.collate(seqs)
+    # Shared: the video prompt once for the two samples after the text one, its video once.
+    copies = 2 if share else 3
+    assert packed.input_ids.shape == (1, text.numel() + copies * prompt.numel() + 3 + 31)
+    assert packed.vision["video_grid_thw"].shape[0] == copies
     assert packed.scored_positions == 5 + 3 + 17 + 9 == packed.num_tokens
     assert packed.num_sequences == 4 and packed.advantages.tolist() == [5.0, 1.0, 17.0, 9.0]
     from learner.attention import register
@@ -220,5 +226,10 @@ def test_packed_row_gives_the_padded_log_probs(setup, attention):
         theirs = lp_padded[i][padded.loss_mask[i].bool()]
         assert ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-5), i
     # A token budget splits the sequences in order into rows.
-    rows = collator.packed_batches(seqs, seqs[0].input_ids.numel() + seqs[1].input_ids.numel())
-    assert [r.num_sequences for r in rows] == [2, 1, 1]
+    if not share:
+        rows = collator.packed_batches(seqs, seqs[0].input_ids.numel() + seqs[1].input_ids.numel())
+        assert [r.num_sequences for r in rows] == [2, 1, 1]
+    else:  # the last two share a prompt: it counts once against the budget
+        budget = seqs[2].input_ids.numel() + 9
+        rows = collator.packed_batches(seqs, budget, share_prompts=True)
+        assert [r.num_sequences for r in rows] == [2, 2]
