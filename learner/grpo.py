@@ -114,9 +114,23 @@ class ChunkedLogProbs(torch.autograd.Function):
         grad = torch.empty_like(flat)  # [N, V]
         for i in range(0, flat.shape[0], chunk):
             gi = g[i : i + chunk, None]  # [n, 1]
-            part = torch.softmax(_tempered(flat[i : i + chunk], t), dim=-1).mul_(-gi)  # [n, V]
+            out = grad[i : i + chunk]  # [n, V]
+            # The softmax computed in place in the gradient's own rows (fp32), or in one fp32
+            # chunk then stored (bf16/fp16 logits): no other logits-sized temporary.
+            part = (
+                out.copy_(flat[i : i + chunk])
+                if out.dtype == torch.float32
+                else flat[i : i + chunk].float()
+            )
+            if t != 1.0:
+                part.div_(t)
+            part.sub_(part.amax(dim=-1, keepdim=True)).exp_()
+            part.div_(part.sum(dim=-1, keepdim=True)).mul_(-gi)
             part.scatter_add_(-1, picks[i : i + chunk, None], gi)
-            grad[i : i + chunk] = part.div_(t) if t != 1.0 else part
+            if t != 1.0:
+                part.div_(t)
+            if part is not out:
+                out.copy_(part)
         return grad.reshape(logits.shape), None, None, None
 
 

@@ -186,3 +186,17 @@ def test_grpo_loss_needs_ref_when_beta_positive():
         x, x, torch.zeros(1), torch.ones(1, 2), clip_low=0.2, clip_high=0.2, is_cap=2, beta=0
     )
     assert terms.kl is None
+
+
+def test_chunked_logprob_gradient_of_bf16_logits():
+    """bf16 logits (the GPU case): the chunked backward's softmax runs in fp32 chunks and the
+    gradient comes back in bf16, equal to the fp32 gradient within bf16 rounding."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 40) * 3
+    targets = torch.randint(0, 40, (2, 5))
+    exact = logits.clone().requires_grad_()
+    (want,) = torch.autograd.grad(token_logprobs(exact, targets, 0.7).sum(), exact)
+    low = logits.to(torch.bfloat16).requires_grad_()
+    (got,) = torch.autograd.grad(token_logprobs(low, targets, 0.7, chunk=3).sum(), low)
+    assert got.dtype == torch.bfloat16
+    assert torch.allclose(got.float(), want, atol=2e-2)
