@@ -137,7 +137,11 @@ class RecordingSender:
 
 def rank_main(rank: int, world: int, port: int, spec: dict[str, Any], out_dir: str) -> None:
     """Body of one learner rank: build the worker, maybe resume, run `spec["actions"]`,
-    write what happened to out_dir/rank{rank}.pkl. Action "kill" SIGKILLs the process."""
+    write what happened to out_dir/rank{rank}.pkl. Action "kill" SIGKILLs the process.
+
+    The ranks are CPU ranks (gloo, fp32) even where CUDA is visible: two ranks on one GPU
+    would make NCCL refuse the group (tests/gpu covers the learner on a GPU)."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before anything initialises CUDA
     torch.set_num_threads(1)
     from learner.worker import LearnerWorker
     from system.config import RunConfig

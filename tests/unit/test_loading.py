@@ -77,6 +77,9 @@ def _load_and_compare(rank: int, port: int, path: str, queue) -> None:
     from system.config import LearnerConfig
 
     try:
+        import os
+
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # two CPU ranks (gloo) even beside a GPU
         eng.init_distributed(rank, 2, "127.0.0.1", port)
         config = eng.ds_config(LearnerConfig(num_ranks=2), 2, torch.float32, False)
         model = load_partitioned(path, torch.float32, config)
