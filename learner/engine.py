@@ -106,6 +106,7 @@ def load_model(
         finally:
             del live
     model.config.use_cache = False
+    model.config.get_text_config().use_cache = False  # what the language model reads
     for name, param in model.named_parameters():
         param.requires_grad_(trainable and (is_trainable(name) or not config.freeze_vision))
     if trainable and config.gradient_checkpointing:

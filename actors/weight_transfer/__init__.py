@@ -35,6 +35,13 @@ def resolve_backend(backend: str, cuda: bool | None = None) -> str:
     return backend
 
 
+def colocated_backend(backend: str, shares_gpu: bool) -> str:
+    """`weight_sync.backend` as the driver passes it on: `auto` becomes gloo when learner and
+    engines share one GPU (colocated), since NCCL refuses two ranks on the same device;
+    otherwise unchanged (`auto` is resolved where the sender runs, by `resolve_backend`)."""
+    return "gloo" if backend == "auto" and shares_gpu else backend
+
+
 def build_sender(
     backend: str, clients: Sequence[Any], address: str, port: int, timeout_s: float
 ) -> Any:

@@ -453,9 +453,11 @@ class Topology:
     def new_sender(self, address: str, port: int) -> LazySender:
         from functools import partial
 
+        from actors.weight_transfer import colocated_backend
+
         ws, workers = self.config.weight_sync, self.config.rollout.tensor_parallel_size
+        r = self.config.resources
+        backend = colocated_backend(ws.backend, r.colocate and r.gpus_per_engine > 0)
         return LazySender(
-            partial(
-                weight_sender, ws.backend, list(self.actors), workers, address, port, ws.timeout_s
-            )
+            partial(weight_sender, backend, list(self.actors), workers, address, port, ws.timeout_s)
         )

@@ -241,3 +241,11 @@ def test_nccl_sender_announces_packed_transfers():
     info = NCCLWeightTransferInitInfo(**sender.init_info(1))
     assert info.packed and info.packed_buffer_size_bytes == 1 << 20
     assert info.packed_num_buffers == 2
+
+
+def test_auto_backend_on_a_shared_gpu_is_gloo():
+    from actors.weight_transfer import colocated_backend
+
+    assert colocated_backend("auto", shares_gpu=True) == "gloo"  # NCCL: two ranks, one GPU
+    assert colocated_backend("auto", shares_gpu=False) == "auto"  # resolved by the sender
+    assert colocated_backend("nccl", shares_gpu=True) == "nccl"  # explicit: as configured
