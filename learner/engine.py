@@ -124,13 +124,23 @@ def partitioned(config: dict, learner: LearnerConfig) -> dict | None:
     return None
 
 
-def ds_config(learner: LearnerConfig, world_size: int, dtype: torch.dtype, train: bool) -> dict:
+def ds_config(
+    learner: LearnerConfig,
+    world_size: int,
+    dtype: torch.dtype,
+    train: bool,
+    hidden: int | None = None,
+) -> dict:
     """The DeepSpeed config of the policy (train) or the reference (not train).
 
     Precision follows the model's dtype (bf16 or fp16 mixed precision; fp32 neither). The
     optimizer (policy only): `learner.optimizer.implementation`, where auto = torch's fused
     AdamW kernel on CUDA (no compiled DeepSpeed op needed on the nodes), torch's AdamW on CPU.
-    The reference may be offloaded to host memory (`learner.reference_offload`, CUDA only)."""
+    The reference may be offloaded to host memory (`learner.reference_offload`, CUDA only).
+    With the model's `hidden` size, ZeRO-3's buffers are sized from it as transformers and
+    OpenRLHF do ("auto"): reduce bucket hidden², prefetch bucket 0.9 hidden², parameters of
+    fewer than 10 hidden elements kept whole — DeepSpeed's defaults (5e8-element buckets, 2 GB
+    each in fp32) are sized for nobody in particular."""
     opt = learner.optimizer
     cuda = torch.cuda.is_available()
     config: dict[str, Any] = {
@@ -149,6 +159,12 @@ def ds_config(learner: LearnerConfig, world_size: int, dtype: torch.dtype, train
     }
     if dtype == torch.float16:
         config["fp16"].update(loss_scale=0, initial_scale_power=16)  # dynamic loss scaling
+    if hidden is not None and learner.zero_stage == 3:
+        config["zero_optimization"].update(
+            reduce_bucket_size=hidden * hidden,
+            stage3_prefetch_bucket_size=int(0.9 * hidden * hidden),
+            stage3_param_persistence_threshold=10 * hidden,
+        )
     if train:
         config["gradient_clipping"] = opt.grad_clip
         config["optimizer"] = {"type": "AdamW", "params": adamw_params(opt, cuda)}
@@ -156,6 +172,16 @@ def ds_config(learner: LearnerConfig, world_size: int, dtype: torch.dtype, train
     elif learner.reference_offload and cuda and learner.zero_stage == 3:
         config["zero_optimization"]["offload_param"] = {"device": "cpu", "pin_memory": True}
     return _merge(config, learner.deepspeed_overrides)
+
+
+def hidden_size(model_path: str) -> int | None:
+    """The language model's hidden size from an HF directory's config.json."""
+    import json
+    from pathlib import Path
+
+    config = json.loads((Path(model_path) / "config.json").read_text())
+    text = config.get("text_config", config)
+    return text.get("hidden_size")
 
 
 def adamw_params(opt: OptimizerConfig, cuda: bool) -> dict[str, Any]:

@@ -101,14 +101,15 @@ class LearnerWorker:
         self.exporting = bool(eng.broadcast_object(sender is not None))
         self.device = eng.device()
         dtype = eng.model_dtype(config.model)
-        ds = eng.ds_config(learner, world_size, dtype, True)
+        hidden = eng.hidden_size(self.base_model)
+        ds = eng.ds_config(learner, world_size, dtype, True, hidden)
         policy = eng.load_model(
             self.base_model, dtype, True, config.model, eng.partitioned(ds, learner)
         )
         self.engine = eng.initialize(policy, ds, True, learner.optimizer.warmup_steps)
         self.reference = None
         if self.objective.needs_reference:
-            ds = eng.ds_config(learner, world_size, dtype, False)
+            ds = eng.ds_config(learner, world_size, dtype, False, hidden)
             ref = eng.load_model(
                 self.base_model, dtype, False, config.model, eng.partitioned(ds, learner)
             )

@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         path=str(model_dir), dtype="bfloat16" if cuda else "float32",
         attn_implementation=args.attn,
     )  # fmt: skip
-    ds = eng.ds_config(learner, 1, dtype, True)
+    ds = eng.ds_config(learner, 1, dtype, True, eng.hidden_size(str(model_dir)))
     t0 = time.perf_counter()
     policy = eng.load_model(str(model_dir), dtype, True, model_cfg, eng.partitioned(ds, learner))
     engine = eng.initialize(policy, ds, True)

@@ -68,7 +68,7 @@ def _load_rank(rank: int, world: int, port: int, model: str, partitioned: bool, 
     # The policy, then the reference, each built and partitioned (ZeRO-3). Without the
     # optimizer: its state is the same on both paths and is not part of loading.
     for train in (True, False):
-        ds = eng.ds_config(learner, world, torch.float32, False)
+        ds = eng.ds_config(learner, world, torch.float32, False, eng.hidden_size(model))
         m = eng.load_model(model, torch.float32, train, config, eng.partitioned(ds, learner))
         eng.initialize(m, ds, False)
     row = {"rank": rank, "before_mib": before, "peak_mib": _peak_mib()}

@@ -46,3 +46,15 @@ def test_exports_send_the_tower_every_time_when_it_trains():
     assert later(llm) and not later(tower)
     assert eng.exported(include_frozen=True, freeze_vision=True)(tower)
     assert eng.exported(include_frozen=False, freeze_vision=False)(tower)
+
+
+def test_zero3_buffers_sized_from_the_hidden_size():
+    config = eng.ds_config(LearnerConfig(), 2, torch.bfloat16, True, hidden=2048)
+    zero = config["zero_optimization"]
+    assert zero["reduce_bucket_size"] == 2048**2
+    assert zero["stage3_prefetch_bucket_size"] == int(0.9 * 2048**2)
+    assert zero["stage3_param_persistence_threshold"] == 20480
+    assert (
+        "reduce_bucket_size"
+        not in eng.ds_config(LearnerConfig(), 2, torch.float32, True)["zero_optimization"]
+    )
