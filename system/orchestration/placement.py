@@ -160,13 +160,11 @@ def rendezvous(group: Any) -> tuple[str, int, int]:
 
 
 def node_address() -> tuple[str, int, int]:
-    """This node's IP and two free TCP ports on it."""
-    import socket
-
+    """This node's IP and two free TCP ports on it (below the ephemeral range, so that no
+    outgoing connection takes one before the learner ranks bind it)."""
     import ray
 
-    with socket.socket() as a, socket.socket() as b:
-        a.bind(("", 0))
-        b.bind(("", 0))
-        ports = a.getsockname()[1], b.getsockname()[1]
-    return ray.util.get_node_ip_address(), *ports
+    from system.transport.redis_server import free_port
+
+    first = free_port("")
+    return ray.util.get_node_ip_address(), first, free_port("", taken={first})

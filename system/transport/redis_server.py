@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -27,7 +28,7 @@ import subprocess
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -69,11 +70,39 @@ def find_redis_server() -> str:
     return found
 
 
-def free_port() -> int:
-    """A TCP port on localhost that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1", taken: Collection[int] = ()) -> int:
+    """A TCP port on `host` that is free right now, for a server to listen on soon after.
+
+    Drawn below the kernel's ephemeral range (ip_local_port_range), not from it: a port of
+    that range, free now, may become the local end of any outgoing connection before the
+    server binds it (or between a server's stop and its restart on the same port); ports below
+    it are never handed out that way. `taken`: ports already promised to someone else."""
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    for _ in range(200 if low > PORTS_FROM else 0):
+        port = rng.randrange(PORTS_FROM, low)
+        if port in taken:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # no room below the range: let the kernel pick
+        sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+PORTS_FROM = 20000
+"""Lowest port `free_port` draws (above the usual services' ports)."""
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 class EmbeddedRedis:
