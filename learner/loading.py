@@ -1,10 +1,9 @@
 """Building a model partitioned across the learner ranks (ZeRO-3) without any rank holding it
 whole: the architecture is constructed under `deepspeed.zero.Init` (each module's parameters
-are partitioned as soon as the module exists), then every rank reads from the safetensors
-files exactly the flat slice of each parameter that its partition holds — rows of the stored
-tensor, never a whole parameter of another rank's share — and copies it into its partition.
-No gather, no broadcast, no full state dict anywhere: per rank, its 1/world share plus the rows
-of one parameter at a time.
+are partitioned as soon as the module exists; the whole tensors are allocated but never
+written), then every rank reads from the safetensors files exactly the flat slice of each
+parameter that its partition holds straight into its partition. No gather, no broadcast, no
+full state dict anywhere: per rank, its 1/world share and nothing of size besides.
 
 This is the layout ZeRO-3 itself uses (`deepspeed.runtime.zero.partition_parameters`): a
 parameter flattened, padded to a multiple of the partition count, rank r holding elements
@@ -113,12 +112,50 @@ def partition_range(numel: int, world: int, rank: int) -> tuple[int, int]:
 def read_range(stored: Stored, start: int, end: int, handle: Any) -> torch.Tensor:
     """Elements [start, end) of the flattened tensor: one contiguous byte range of the file,
     read (not memory-mapped) into a new tensor of the stored dtype."""
+    out = torch.empty(end - start, dtype=stored.dtype)
+    read_into(stored, start, handle, out)
+    return out
+
+
+READ_CHUNK_BYTES = 16 << 20
+"""Largest temporary `read_into` makes when the stored dtype differs from the destination's."""
+
+
+def read_into(stored: Stored, start: int, handle: Any, dest: torch.Tensor) -> None:
+    """Elements [start, start + dest.numel()) of the flattened tensor, read into the contiguous
+    CPU tensor `dest`: straight into its memory when the dtypes agree, else through
+    READ_CHUNK_BYTES-sized pieces converted on the way — never a second copy of the range."""
     item = torch.empty(0, dtype=stored.dtype).element_size()
-    out = torch.empty((end - start) * item, dtype=torch.uint8)
     handle.seek(stored.offset + start * item)
-    if handle.readinto(out.numpy()) != out.numel():
-        raise ValueError(f"{stored.file} ends inside a tensor: the file is truncated")
-    return out.view(stored.dtype)
+    if dest.dtype == stored.dtype:
+        pieces = [(0, dest.numel(), dest.view(-1).view(torch.uint8))]
+    else:
+        step = max(1, READ_CHUNK_BYTES // item)
+        pieces = [(i, min(i + step, dest.numel()), None) for i in range(0, dest.numel(), step)]
+    for lo, hi, raw in pieces:
+        buf = raw if raw is not None else torch.empty((hi - lo) * item, dtype=torch.uint8)
+        if handle.readinto(buf.numpy()) != buf.numel():
+            raise ValueError(f"{stored.file} ends inside a tensor: the file is truncated")
+        if raw is None:
+            dest.view(-1)[lo:hi].copy_(buf.view(stored.dtype))
+
+
+def unsynced_init(deepspeed: Any) -> type:
+    """`deepspeed.zero.Init` without its step that broadcasts every freshly built parameter
+    from rank 0 before partitioning it: a random-init sync that every rank would receive
+    whole (the largest matrix of the model, per rank, at once) and that the checkpoint read
+    then overwrites. Only for models whose every parameter is read from a checkpoint. Where
+    this DeepSpeed has no such step to leave out, its own Init."""
+    base = deepspeed.zero.Init
+    if not callable(getattr(base, "_zero_init_param", None)):
+        return base
+
+    class UnsyncedInit(base):
+        def _zero_init_param(self, param: Any) -> None:
+            self._convert_to_deepspeed_param(param)
+            param.partition()
+
+    return UnsyncedInit
 
 
 def load_partitioned(path: str, dtype: torch.dtype, ds_config: dict, **model_kwargs: Any) -> Any:
@@ -134,7 +171,7 @@ def load_partitioned(path: str, dtype: torch.dtype, ds_config: dict, **model_kwa
     # Random initialisation skipped: every parameter is overwritten from the checkpoint.
     with (
         no_init_weights(),
-        deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype),
+        unsynced_init(deepspeed)(config_dict_or_path=ds_config, dtype=dtype),
         warnings.catch_warnings(),
     ):
         warnings.simplefilter("ignore")
@@ -164,8 +201,8 @@ def load_partitioned(path: str, dtype: torch.dtype, ds_config: dict, **model_kwa
                 world = dist.get_world_size(group=param.ds_process_group)
                 rank = dist.get_rank(group=param.ds_process_group)
                 start, end = partition_range(param.ds_numel, world, rank)
-                part = read_range(stored, start, end, handles[stored.file])
-                param.ds_tensor.narrow(0, 0, end - start).copy_(part)
+                own = param.ds_tensor.narrow(0, 0, end - start)
+                read_into(stored, start, handles[stored.file], own)
             for name, buf in model.named_buffers():  # persistent buffers: small, read whole
                 if name in index:
                     stored = index[name]

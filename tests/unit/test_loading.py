@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import learner.loading as loading
 from learner.loading import checkpoint_index, load_partitioned, partition_range, read_range
 
 
@@ -28,6 +29,22 @@ def test_each_ranks_range_is_its_share_of_every_tensor(tiny_qwen2_5_vl):
         with stored.file.open("rb") as f:
             parts = [read_range(stored, *partition_range(flat.numel(), 3, r), f) for r in range(3)]
         assert torch.equal(torch.cat(parts), flat), name
+
+
+def test_a_range_read_into_another_dtype_goes_in_pieces(tiny_qwen2_5_vl, monkeypatch):
+    """A partition read into a destination of another dtype (a bf16 checkpoint, an fp32
+    learner) is converted piece by piece, each piece the same as converting the whole."""
+    from safetensors.torch import load_file
+
+    index = checkpoint_index(tiny_qwen2_5_vl)
+    name = "model.embed_tokens.weight"
+    flat = load_file(str(tiny_qwen2_5_vl / "model.safetensors"))[name].reshape(-1)
+    monkeypatch.setattr(loading, "READ_CHUNK_BYTES", 4096)  # many pieces, a ragged last one
+    start, end = partition_range(flat.numel(), 3, 1)
+    dest = torch.full((end - start,), float("nan"), dtype=torch.float64)
+    with index[name].file.open("rb") as f:
+        loading.read_into(index[name], start, f, dest)
+    assert torch.equal(dest, flat[start:end].to(torch.float64))
 
 
 def test_truncated_file_is_a_clear_error(tiny_qwen2_5_vl, tmp_path):
