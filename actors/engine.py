@@ -10,9 +10,13 @@ engine saw them, and the weight-update lifecycle of vLLM's weight-transfer API
 a script that creates one needs a `__main__` guard). On CPU with one tensor-parallel rank the
 model worker runs inside the engine-core process (vLLM's `uni` executor) instead of a third
 process: one interpreter fewer to start (about 25 s of imports on a 2-core host) and no
-per-step hop between engine core and worker. A weight update and generation never
-overlap: `start_weight_update` lets the requests in flight finish and holds new ones until the
-update finishes or fails, so every completion comes from exactly one weight version.
+per-step hop between engine core and worker. A weight update pauses generation rather than
+draining it: `start_weight_update` freezes the requests in flight where they are (vLLM's
+`pause_generation(mode="keep")`, their KV cache dropped), the update loads, and the requests
+resume under the new weights (their prefix recomputed with them) once it finishes or fails.
+A completion that straddles an update says which tokens each version sampled (vLLM's own
+weight-version spans, `Completion.version_starts`); every token's behaviour log-prob is the one
+vLLM sampled it with.
 """
 
 from __future__ import annotations
@@ -66,6 +70,9 @@ class Completion:
     logprobs: list[float]
     text: str
     finish_reason: str
+    version_starts: tuple[tuple[int, int], ...] = ()
+    """(weight version, index of its first token) of every version that sampled tokens of
+    this completion, oldest first; empty when the engine reported none (one version)."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,8 @@ class RolloutEngine(Protocol):
         ...
 
     async def start_weight_update(self) -> None:
-        """Drain the requests in flight and open an update session."""
+        """Pause generation (requests in flight kept, resumed after the update) and open an
+        update session."""
         ...
 
     async def update_weights(self, update_info: dict[str, Any]) -> None:
@@ -102,6 +110,11 @@ class RolloutEngine(Protocol):
 
     async def finish_weight_update(self, version: int) -> None:
         """Load what was received and serve it as `version`."""
+        ...
+
+    async def abort_weight_update(self) -> None:
+        """Close an open update session without loading anything (the update will not come:
+        another engine failed to start it); generation resumes on the weights held."""
         ...
 
     async def sleep(self, level: int = 1) -> None:
@@ -205,9 +218,9 @@ class VLLMEngine:
         self.llm = llm
         self.tokenizer = tokenizer
         self.weight_version = 0
-        self._cond = asyncio.Condition()
-        self._in_flight = 0
+        self._lock = asyncio.Lock()
         self._updating = False
+        self._labelled = False
 
     @classmethod
     def create(
@@ -229,16 +242,15 @@ class VLLMEngine:
     async def generate(
         self, requests: Sequence[EngineRequest], spec: SampleSpec
     ) -> list[Generation]:
-        async with self._cond:
-            await self._cond.wait_for(lambda: not self._updating)
-            self._in_flight += 1
-        try:
-            params = _sampling_params(spec, self._banned())
-            return list(await asyncio.gather(*(self._one(r, params) for r in requests)))
-        finally:
-            async with self._cond:
-                self._in_flight -= 1
-                self._cond.notify_all()
+        if not self._labelled:
+            # vLLM labels each sampled token with the weight version set last; without a
+            # label it reports no spans. Requests made during an update wait in vLLM's queue.
+            async with self._lock:
+                if not self._updating:
+                    await self.llm.update_weight_version(str(self.weight_version))
+                    self._labelled = True
+        params = _sampling_params(spec, self._banned())
+        return list(await asyncio.gather(*(self._one(r, params) for r in requests)))
 
     async def _one(self, request: EngineRequest, params: Any) -> Generation:
         prompt: dict[str, Any] = {"prompt": request.prompt}
@@ -271,12 +283,14 @@ class VLLMEngine:
         await self.llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info=init_info))
 
     async def start_weight_update(self) -> None:
-        async with self._cond:
+        async with self._lock:
             if self._updating:
                 raise RuntimeError("a weight update is already open on this engine")
             self._updating = True
-            await self._cond.wait_for(lambda: self._in_flight == 0)
         try:
+            # The requests in flight stay where they are; their KV cache (old weights) is
+            # dropped so that they resume on a prefix recomputed with the new weights.
+            await self.llm.pause_generation(mode="keep", clear_cache=True)
             await self.llm.start_weight_update()
         except BaseException:
             await self._end_update()
@@ -294,15 +308,33 @@ class VLLMEngine:
 
     async def finish_weight_update(self, version: int) -> None:
         try:
+            # Labels the tokens sampled from here on (set before generation resumes).
             await self.llm.finish_weight_update(weight_version=str(version))
             self.weight_version = version
+            self._labelled = True
+        finally:
+            await self._end_update()
+
+    async def abort_weight_update(self) -> None:
+        if not self._updating:
+            return
+        try:
+            # Nothing was received: the session closes and the weights and their label stay.
+            await self.llm.finish_weight_update()
+        except Exception as exc:
+            log.warning("closing an abandoned weight update failed: %s", exc)
         finally:
             await self._end_update()
 
     async def _end_update(self) -> None:
-        async with self._cond:
+        """Close the update (finished or failed): generation resumes on whatever weights the
+        engine holds now."""
+        async with self._lock:
+            if not self._updating:
+                return
             self._updating = False
-            self._cond.notify_all()
+            if await self.llm.is_paused():
+                await self.llm.resume_generation()
 
     # ----------------------------------------------------------------------- colocation
 
@@ -339,9 +371,11 @@ def _completion(output: Any) -> Completion:
     steps = output.logprobs or []
     if len(steps) != len(ids):
         raise RuntimeError(f"vLLM returned {len(steps)} log-prob steps for {len(ids)} tokens")
+    spans = getattr(output, "weight_versions", None) or ()
     return Completion(
         token_ids=ids,
         logprobs=[float(step[tok].logprob) for tok, step in zip(ids, steps, strict=True)],
         text=output.text,
         finish_reason=str(output.finish_reason or "length"),
+        version_starts=tuple((int(span.version), int(span.start)) for span in spans),
     )

@@ -5,7 +5,8 @@ A `RolloutActor` (a Ray actor; `remote_rollout_actor` applies the restart policy
 records, decodes their videos (a `VideoError` skips and counts the record), renders the
 prompts, samples G completions each, scores them (`score_completion`; with T-GRPO, extra
 shuffled-frame rollouts are scored for `temporal_contrast` and never published), drops groups
-without signal and publishes the rest with the weight version that produced them.
+without signal and publishes the rest with the weight version that produced them (the oldest,
+for completions that straddle a weight update; each sample says which tokens each sampled).
 
 Admission control (bounded staleness): a learner step consumes `learner.groups_per_step`
 groups, so groups published beyond what the next `max_staleness + 1` steps consume would be
@@ -320,14 +321,18 @@ class RolloutActor:
                 reward=float(total),
                 reward_components=comp,
                 finish_reason=c.finish_reason,
+                version_starts=c.version_starts,
             )
             for c, total, comp in zip(gen.completions, totals, components, strict=True)
         ]
+        # The oldest version that sampled any of its tokens (an update may have landed
+        # between the batch's start and its first token, or in the middle of a completion).
+        oldest = [s.oldest_version for s in samples if s.oldest_version is not None]
         return RolloutGroup(
             run_id=cfg.name,
             group_id=RolloutGroup.new_group_id(),
             record_id=prompt.record.id,
-            weight_version=version,
+            weight_version=min(oldest) if len(oldest) == len(samples) else min([version, *oldest]),
             created_at=created,
             finished_at=time.time(),
             prompt_ids=np.asarray(gen.prompt_ids, dtype=np.int32),
@@ -404,6 +409,9 @@ class RolloutActor:
     async def finish_weight_update(self, weight_version: str | None = None) -> None:
         version = self.engine.weight_version + 1 if weight_version is None else int(weight_version)
         await self.engine.finish_weight_update(version)
+
+    async def abort_weight_update(self) -> None:
+        await self.engine.abort_weight_update()
 
     async def sleep(self, level: int = 1) -> None:
         await self.engine.sleep(level)

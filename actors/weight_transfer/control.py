@@ -7,8 +7,8 @@ synchronous); `RayEngineClient` is one over a `RolloutActor` handle, `LoopEngine
 over an in-process engine. `EngineFanout` calls all clients together, each wait bounded by
 the timeout. `BucketStream` is the `start` / `send_bucket` / `finish` choreography a sender
 delegates to: given the version's layout it announces every bucket to the engines in one
-`update_weights` (in the background, between `start_weight_update` and
-`finish_weight_update`) and then only broadcasts the bytes, checking each bucket against the
+`update_weights` (in the background, after every engine acknowledged `start_weight_update`,
+and followed by `finish_weight_update`) and then only broadcasts the bytes, checking each bucket against the
 layout; without a layout it announces
 each bucket while it broadcasts it. The transport supplies the wire format of an
 announcement and the broadcast itself.
@@ -16,11 +16,14 @@ announcement and the broadcast itself.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Protocol
 
 from system.transport.weight_sync import Bucket, BucketEntry, Layout, WeightSyncError
+
+log = logging.getLogger("reelrl.weight_sync")
 
 
 class WeightSyncClient(Protocol):
@@ -60,6 +63,9 @@ class RayEngineClient:
     def finish_weight_update(self, weight_version: str | None = None) -> None:
         self._call("finish_weight_update", weight_version)
 
+    def abort_weight_update(self) -> None:
+        self._call("abort_weight_update")
+
 
 class LoopEngineClient:
     """`WeightSyncClient` over a `RolloutEngine` whose event loop runs in another thread of
@@ -88,6 +94,9 @@ class LoopEngineClient:
     def finish_weight_update(self, weight_version: str | None = None) -> None:
         version = self.engine.weight_version + 1 if weight_version is None else int(weight_version)
         self._run(self.engine.finish_weight_update(version))
+
+    def abort_weight_update(self) -> None:
+        self._run(self.engine.abort_weight_update())
 
 
 class EngineFanout:
@@ -133,6 +142,21 @@ class EngineFanout:
             if error is not None:
                 raise WeightSyncError(f"an engine failed while {what}: {error}") from error
 
+    def abandon(self, clients: Sequence[WeightSyncClient]) -> None:
+        """Close the sessions `clients` opened for an update that will not happen (another
+        engine did not start): they resume generation on the weights they hold. Best effort:
+        a client without `abort_weight_update`, or one that fails, is left to the next
+        `init_weight_transfer_engine`, which abandons any open update."""
+        futures = [
+            self._pool.submit(c.abort_weight_update)
+            for c in clients
+            if callable(getattr(c, "abort_weight_update", None))
+        ]
+        done, pending = wait(futures, timeout=self.timeout_s)
+        failed = len(pending) + sum(f.exception() is not None for f in done)
+        if failed:
+            log.warning("%d engine(s) did not close their abandoned update session", failed)
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -159,8 +183,21 @@ class BucketStream:
     def start(self, version: int, layout: Layout | None) -> None:
         self.version, self._layout, self._sent = version, layout, 0
         self._announced = None
+        # Every engine has paused and opened its session before a byte is broadcast: a
+        # group with an engine missing would leave the others blocked in their receive.
+        started = self.engines.submit(lambda c: c.start_weight_update())
+        try:
+            self.engines.wait(started, f"starting v{version}")
+        except WeightSyncError:
+            self.engines.abandon(
+                [
+                    client
+                    for client, future in zip(self.engines.clients, started, strict=True)
+                    if future.done() and future.exception() is None
+                ]
+            )
+            raise
         if layout is None:
-            self.engines.call(lambda c: c.start_weight_update(), f"starting v{version}")
             return
         info = self.announce(layout, version)
         self._announced = self.engines.submit(lambda c: _whole_version(c, info, version))
@@ -203,9 +240,9 @@ class BucketStream:
 
 
 def _whole_version(client: WeightSyncClient, info: dict[str, Any], version: int) -> None:
-    """An announced version, on one engine: its update returns once every announced bucket
-    has arrived whole, so it finishes (loads) right away, one round trip sooner than when
-    the sender's `finish` asks; a failed update never reaches the finish."""
-    client.start_weight_update()
+    """An announced version, on one engine whose session is open: its update returns once
+    every announced bucket has arrived whole, so it finishes (loads) right away, one round
+    trip sooner than when the sender's `finish` asks; a failed update never reaches the
+    finish."""
     client.update_weights(info)
     client.finish_weight_update(str(version))

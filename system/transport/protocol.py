@@ -34,6 +34,7 @@ from system.transport.schema import (
     check_components,
     check_float,
     check_str,
+    check_version_starts,
 )
 
 __all__ = [
@@ -65,6 +66,7 @@ def encode_group(group: RolloutGroup, max_bytes: int = DEFAULT_MAX_BYTES) -> byt
         "rewards": [s.reward for s in samples],
         "reward_components": [s.reward_components for s in samples],
         "finish_reasons": [s.finish_reason for s in samples],
+        "version_starts": [[x for pair in s.version_starts for x in pair] for s in samples],
         "problem_type": group.problem_type,
         "answer": group.answer,
         "stage": group.stage,
@@ -99,7 +101,7 @@ def _encode_vision(ref: VisionRef) -> dict[str, Any]:
 # Wire keys follow the dataclass fields; samples travel as parallel per-group arrays and lists.
 _SAMPLE_KEYS = ("completion_lens", "completion_ids", "logprobs", "rewards", "reward_components")
 _GROUP_KEYS = frozenset(
-    {"schema", *_SAMPLE_KEYS, "finish_reasons"}
+    {"schema", *_SAMPLE_KEYS, "finish_reasons", "version_starts"}
     | {f.name for f in fields(RolloutGroup)} - {"samples"}
 )
 _VISION_KEYS = frozenset(f.name for f in fields(VisionRef))
@@ -199,8 +201,11 @@ def _check_list(value: Any, name: str, length: int) -> list[Any]:
 # __setattr__ as object.__setattr__ would, at half its cost.
 _SET_SAMPLE = tuple(
     RolloutSample.__dict__[f].__set__
-    for f in ("completion_ids", "logprobs", "reward", "reward_components", "finish_reason")
-)
+    for f in (
+        "completion_ids", "logprobs", "reward", "reward_components", "finish_reason",
+        "version_starts",
+    )
+)  # fmt: skip
 
 
 def _decode_samples(wire: dict[str, Any]) -> tuple[RolloutSample, ...]:
@@ -227,6 +232,7 @@ def _decode_samples(wire: dict[str, Any]) -> tuple[RolloutSample, ...]:
     rewards = _check_list(wire["rewards"], "rewards", count)
     components = _check_list(wire["reward_components"], "reward_components", count)
     reasons = _check_list(wire["finish_reasons"], "finish_reasons", count)
+    spans = _check_list(wire["version_starts"], "version_starts", count)
     if not _plain_scores(rewards, components, reasons):
         # Slow path, only to name the bad field precisely.
         for i in range(count):
@@ -236,7 +242,7 @@ def _decode_samples(wire: dict[str, Any]) -> tuple[RolloutSample, ...]:
     samples = []
     offset = 0
     new = object.__new__
-    set_ids, set_logprobs, set_reward, set_components, set_reason = _SET_SAMPLE
+    set_ids, set_logprobs, set_reward, set_components, set_reason, set_spans = _SET_SAMPLE
     for i, n in enumerate(lens):
         # Everything was checked once for the whole group above: build without re-checking.
         sample = new(RolloutSample)
@@ -246,6 +252,17 @@ def _decode_samples(wire: dict[str, Any]) -> tuple[RolloutSample, ...]:
         set_reward(sample, rewards[i])
         set_components(sample, components[i])
         set_reason(sample, reasons[i])
+        flat = spans[i]
+        if type(flat) is not list or (flat and len(flat) % 2):
+            raise ProtocolError(f"version_starts[{i}]", "must be a flat list of (version, start)")
+        set_spans(
+            sample,
+            check_version_starts(
+                list(zip(flat[::2], flat[1::2], strict=True)), n, f"version_starts[{i}]"
+            )
+            if flat
+            else (),
+        )
         samples.append(sample)
         offset = end
     return tuple(samples)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 
 _INT32_MAX = 2**31 - 1
@@ -47,6 +47,28 @@ def check_str(value: Any, name: str, *, empty: bool = True) -> str:
     if not empty and not value:
         raise ProtocolError(name, "must not be empty")
     return value
+
+
+def check_version_starts(value: Any, tokens: int, name: str) -> tuple[tuple[int, int], ...]:
+    """(version, first token) pairs: versions rising, starts rising from 0, each < `tokens`."""
+    if type(value) not in (tuple, list):
+        raise ProtocolError(name, f"must be a sequence of pairs, got {type(value).__name__}")
+    out = []
+    for i, pair in enumerate(value):
+        if type(pair) not in (tuple, list) or len(pair) != 2:
+            raise ProtocolError(f"{name}[{i}]", "must be a (version, first token) pair")
+        version = _check_int(pair[0], f"{name}[{i}].version")
+        start = _check_int(pair[1], f"{name}[{i}].start")
+        if i == 0 and start != 0:
+            raise ProtocolError(
+                f"{name}[0].start", f"the first version starts at token 0, not {start}"
+            )
+        if i and (version <= out[-1][0] or start <= out[-1][1]):
+            raise ProtocolError(f"{name}[{i}]", "versions and starts must rise")
+        if start >= max(tokens, 1):
+            raise ProtocolError(f"{name}[{i}].start", f"{start} is past the {tokens} tokens")
+        out.append((version, start))
+    return tuple(out)
 
 
 def _check_opt_str(value: Any, name: str) -> str | None:
@@ -204,6 +226,10 @@ class RolloutSample:
     """Named parts of the reward (e.g. task, format), as the reward function reports them."""
     finish_reason: str = "stop"
     """Why generation ended (stop, length, ...)."""
+    version_starts: tuple[tuple[int, int], ...] = ()
+    """For a completion sampled across weight updates: (weight version, index of the first
+    token it sampled) of each version, oldest first, the first at token 0. Empty: every token
+    came from the group's `weight_version`."""
 
     def __post_init__(self) -> None:
         ids = as_array(self.completion_ids, IDS_DTYPE, "completion_ids")
@@ -218,6 +244,13 @@ class RolloutSample:
         components = check_components(self.reward_components, "reward_components")
         object.__setattr__(self, "reward_components", components)
         check_str(self.finish_reason, "finish_reason")
+        starts = check_version_starts(self.version_starts, len(ids), "version_starts")
+        object.__setattr__(self, "version_starts", starts)
+
+    @property
+    def oldest_version(self) -> int | None:
+        """The oldest weight version that sampled a token of it (None: not recorded)."""
+        return self.version_starts[0][0] if self.version_starts else None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RolloutSample):
@@ -228,6 +261,7 @@ class RolloutSample:
             and self.reward == other.reward
             and self.reward_components == other.reward_components
             and self.finish_reason == other.finish_reason
+            and self.version_starts == other.version_starts
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -244,7 +278,8 @@ class RolloutGroup:
     record_id: str
     """Dataset record (prompt) id."""
     weight_version: int
-    """Policy weight version that generated the samples."""
+    """Policy weight version that generated the samples: for samples sampled across weight
+    updates, the oldest (what staleness and admission count)."""
     created_at: float
     """Unix time generation started."""
     finished_at: float
@@ -287,6 +322,13 @@ class RolloutGroup:
             if not isinstance(sample, RolloutSample):
                 raise ProtocolError(
                     f"samples[{i}]", f"must be a RolloutSample, got {type(sample).__name__}"
+                )
+            oldest = sample.oldest_version
+            if oldest is not None and oldest < self.weight_version:
+                raise ProtocolError(
+                    f"samples[{i}].version_starts",
+                    f"version {oldest} is older than the group's weight_version "
+                    f"{self.weight_version} (which must be the oldest)",
                 )
         object.__setattr__(self, "samples", samples)
         check_str(self.problem_type, "problem_type")

@@ -31,14 +31,22 @@ scalar = st.one_of(
 
 
 @st.composite
-def samples(draw: st.DrawFn) -> RolloutSample:
+def samples(draw: st.DrawFn, base_version: int = 0) -> RolloutSample:
     n = draw(st.integers(0, 24))
+    spans: list[tuple[int, int]] = []
+    if n and draw(st.booleans()):  # sampled across weight updates
+        later = draw(st.lists(st.integers(1, n - 1), unique=True, max_size=3)) if n > 1 else []
+        starts = [0, *sorted(later)]
+        steps = draw(st.lists(st.integers(1, 3), min_size=len(starts), max_size=len(starts)))
+        versions = [base_version + sum(steps[: i + 1]) - steps[0] for i in range(len(starts))]
+        spans = list(zip(versions, starts, strict=True))
     return RolloutSample(
         completion_ids=np.array(draw(st.lists(token, min_size=n, max_size=n)), dtype=np.int64),
         logprobs=draw(st.lists(finite32, min_size=n, max_size=n)),
         reward=draw(finite),
         reward_components=draw(st.dictionaries(st.text(max_size=6), finite, max_size=3)),
         finish_reason=draw(st.sampled_from(["stop", "length", "abort"])),
+        version_starts=spans,
     )
 
 
@@ -61,16 +69,17 @@ def visions(draw: st.DrawFn) -> VisionRef:
 
 @st.composite
 def groups(draw: st.DrawFn) -> RolloutGroup:
+    version = draw(st.integers(0, 2**40))
     return RolloutGroup(
         run_id=draw(st.text(min_size=1, max_size=10)),
         group_id=str(uuid.UUID(int=draw(st.integers(0, 2**128 - 1)))),
         record_id=draw(st.text(max_size=10)),
-        weight_version=draw(st.integers(0, 2**40)),
+        weight_version=version,
         created_at=draw(finite),
         finished_at=draw(finite),
         prompt_ids=draw(st.lists(token, max_size=40)),
         vision=draw(st.none() | visions()),
-        samples=draw(st.lists(samples(), min_size=1, max_size=8)),
+        samples=draw(st.lists(samples(version), min_size=1, max_size=8)),
         problem_type=draw(st.text(max_size=10)),
         answer=draw(st.text(max_size=30)),
         stage=draw(st.none() | st.text(max_size=6)),
@@ -117,6 +126,45 @@ def wire_of(group: RolloutGroup) -> dict:
 
 def decode_wire(wire: dict) -> RolloutGroup:
     return decode_group(msgpack.packb(wire, use_bin_type=True))
+
+
+def test_version_spans_are_checked_on_both_sides() -> None:
+    """A straddling sample's (version, first token) pairs: rising, from token 0, inside the
+    completion, none older than the group's version; the decoder names the sample."""
+    ids, lp = np.arange(6), -np.ones(6)
+    ok = RolloutSample(ids, lp, 1.0, version_starts=[(4, 0), (5, 3)])
+    assert ok.version_starts == ((4, 0), (5, 3)) and ok.oldest_version == 4
+    for bad, match in [
+        ([(4, 1)], r"version_starts\[0\]\.start: the first version starts at token 0"),
+        ([(4, 0), (4, 3)], "must rise"),
+        ([(4, 0), (5, 0)], "must rise"),
+        ([(4, 0), (5, 6)], "past the 6 tokens"),
+        ([(4,)], "pair"),
+        ([(-1, 0)], ">= 0"),
+    ]:
+        with pytest.raises(ProtocolError, match=match):
+            RolloutSample(ids, lp, 1.0, version_starts=bad)
+    group = make_group()
+    with pytest.raises(ProtocolError, match=r"samples\[0\]\.version_starts: version 3 is older"):
+        RolloutGroup(
+            **{
+                **_fields(group),
+                "samples": [RolloutSample(np.arange(5), -np.ones(5), 0.0, version_starts=[(3, 0)])],
+            }
+        )
+    wire = wire_of(group)
+    wire["version_starts"][1] = [4, 0, 5]
+    with pytest.raises(ProtocolError, match=r"version_starts\[1\]: must be a flat list"):
+        decode_wire(wire)
+    wire["version_starts"][1] = [4, 0, 6, 9]
+    with pytest.raises(ProtocolError, match=r"version_starts\[1\]\[1\]\.start: 9 is past"):
+        decode_wire(wire)
+
+
+def _fields(group: RolloutGroup) -> dict:
+    from dataclasses import fields
+
+    return {f.name: getattr(group, f.name) for f in fields(group)}
 
 
 def test_vision_ref_normalizes_sequences() -> None:

@@ -44,9 +44,10 @@ def _layout(named, bucket_bytes):
 class FakeClient:
     """A `WeightSyncClient` that records its calls; `refuse_start` makes start fail."""
 
-    def __init__(self, refuse_start: bool = False) -> None:
+    def __init__(self, refuse_start: bool = False, refuse_update: bool = False) -> None:
         self.calls: list[tuple[str, object]] = []
         self.refuse_start = refuse_start
+        self.refuse_update = refuse_update
         self.lock = threading.Lock()
 
     def _record(self, name, arg=None):
@@ -63,9 +64,14 @@ class FakeClient:
 
     def update_weights(self, update_info):
         self._record("update", update_info)
+        if self.refuse_update:
+            raise RuntimeError("cannot join this group")
 
     def finish_weight_update(self, weight_version=None):
         self._record("finish", weight_version)
+
+    def abort_weight_update(self):
+        self._record("abort")
 
 
 def _stream(clients, sent):
@@ -143,8 +149,21 @@ def test_stream_finish_counts_the_buckets():
         stream.finish(3)
 
 
+def test_no_byte_is_broadcast_before_every_engine_started():
+    """An engine that cannot start the update: `start` fails before any broadcast, and the
+    engines that had paused and opened their session close it again (resume, old weights)."""
+    named, sent = _named(), []
+    ok, refusing = FakeClient(), FakeClient(refuse_start=True)
+    stream = _stream([ok, refusing], sent)
+    with pytest.raises(WeightSyncError, match="already open"):
+        stream.start(4, _layout(named, 160))
+    assert sent == []
+    assert [c for c, _ in ok.calls] == ["start", "abort"]
+    assert [c for c, _ in refusing.calls] == ["start"]
+
+
 def test_stream_fails_fast_when_an_engine_refuses():
-    named, client, sent = _named(), FakeClient(refuse_start=True), []
+    named, client, sent = _named(), FakeClient(refuse_update=True), []
     stream = _stream([client], sent)
     stream.start(4, _layout(named, 160))
     stream._announced[0].exception(timeout=5)  # the refusal has come back
