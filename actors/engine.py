@@ -160,6 +160,16 @@ def weight_backend(config: RunConfig) -> str:
     return backend
 
 
+def executor_backend(tp: int, gpu: bool) -> str | None:
+    """vLLM's executor for `tp` tensor-parallel workers: `uni` (the worker inside the engine
+    core) for one; on GPUs `ray` for several, each worker a Ray actor in the engine's
+    placement bundles (`system.orchestration.placement.engine_bundles`); on CPU vLLM's
+    multiprocess executor (None: vLLM's choice)."""
+    if tp == 1:
+        return "uni" if not gpu else None
+    return "ray" if gpu else None
+
+
 def engine_args(config: RunConfig, model_path: str | None = None, seed_offset: int = 0) -> Any:
     """vLLM AsyncEngineArgs from the run config (rollout, model, video, weight sync)."""
     from vllm.config import WeightTransferConfig
@@ -173,12 +183,11 @@ def engine_args(config: RunConfig, model_path: str | None = None, seed_offset: i
     if dtype == "auto":
         dtype = "bfloat16" if gpu else "float32"
     model = model_path or config.model.path
-    in_core = not gpu and rollout.tensor_parallel_size == 1
     return AsyncEngineArgs(
         model=model,
         dtype=dtype,
         tensor_parallel_size=rollout.tensor_parallel_size,
-        distributed_executor_backend="uni" if in_core else None,
+        distributed_executor_backend=executor_backend(rollout.tensor_parallel_size, gpu),
         gpu_memory_utilization=rollout.gpu_memory_utilization,
         kv_cache_memory_bytes=kv_cache_size(config, model, dtype, gpu),
         max_model_len=rollout.max_model_len,

@@ -425,8 +425,21 @@ class RolloutActor:
             self.engine = None
 
 
+def actor_gpus(gpus: float, worker_bundles: list[int] | None) -> tuple[float, dict[str, str]]:
+    """The GPUs a rollout actor reserves itself and the environment its engine needs: all of
+    `gpus` with one worker; none with tensor-parallel workers on GPUs, whose bundles vLLM's ray
+    executor is told (`VLLM_RAY_BUNDLE_INDICES`, in worker order)."""
+    if worker_bundles is None or len(worker_bundles) < 2 or not gpus:
+        return gpus, {}
+    return 0, {"VLLM_RAY_BUNDLE_INDICES": ",".join(map(str, worker_bundles))}
+
+
 def remote_rollout_actor(
-    config: RunConfig, index: int = 0, count: int = 1, scheduling_strategy: Any = None
+    config: RunConfig,
+    index: int = 0,
+    count: int = 1,
+    scheduling_strategy: Any = None,
+    worker_bundles: list[int] | None = None,
 ) -> Any:
     """Rollout actor `index` of `count` on Ray with the configured restarts (a restarted actor
     re-runs `__init__` and starts again on its next `step`, waiting for the current weights).
@@ -436,7 +449,10 @@ def remote_rollout_actor(
     driver's environment, never written down; vLLM and torch log at ERROR unless
     `REELRL_LOG=DEBUG` or their own variables say otherwise (`system.config.logs.library_env`).
     `scheduling_strategy`: its placement-group bundle (the driver packs the engines); None
-    places it anywhere, on a node offering `resources.rollout_node_label` when set."""
+    places it anywhere, on a node offering `resources.rollout_node_label` when set. With
+    tensor-parallel workers on GPUs (`worker_bundles`: their bundles in the strategy's
+    placement group) the actor itself takes no GPU: vLLM's ray executor starts one worker
+    actor per bundle, each holding its GPU."""
     import os
 
     import ray
@@ -445,6 +461,8 @@ def remote_rollout_actor(
 
     env = {k: os.environ[k] for k in (config.queue.password_env,) if k in os.environ}
     env.update(library_env())
+    gpus, workers_env = actor_gpus(config.resources.gpus_per_engine, worker_bundles)
+    env.update(workers_env)
     cls = ray.remote(RolloutActor)
     label = config.resources.rollout_node_label
     where: dict[str, Any] = (
@@ -457,7 +475,7 @@ def remote_rollout_actor(
     return cls.options(
         max_restarts=config.rollout.max_restarts,
         num_cpus=config.resources.cpus_per_engine,
-        num_gpus=config.resources.gpus_per_engine,
+        num_gpus=gpus,
         max_concurrency=16,
         runtime_env={"env_vars": env},
         **where,

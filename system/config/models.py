@@ -149,7 +149,9 @@ class RolloutConfig(_Section):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     """Sampling parameters."""
     tensor_parallel_size: int = Field(1, ge=1)
-    """vLLM tensor parallelism per engine."""
+    """vLLM tensor parallelism per engine. On GPUs each tensor-parallel worker is a Ray actor
+    of vLLM's ray executor in a placement bundle of its own (one GPU each:
+    `resources.gpus_per_engine` must equal it); on CPU vLLM's multiprocess executor."""
     gpu_memory_utilization: float = Field(0.15, gt=0, le=1)
     """Share of each GPU vLLM may use (weights, activations, KV cache). Not used on CPU,
     where the KV cache is sized in bytes (`kv_cache_gib`)."""
@@ -346,7 +348,8 @@ class ResourcesConfig(_Section):
     gpus_per_learner_rank: float = Field(0, ge=0)
     """GPUs reserved per learner rank (0 on CPU)."""
     gpus_per_engine: float = Field(0, ge=0)
-    """GPUs reserved per rollout engine (0 on CPU)."""
+    """GPUs reserved per rollout engine (0 on CPU): a share of one GPU with one
+    tensor-parallel worker, else exactly `rollout.tensor_parallel_size` (a GPU per worker)."""
     cpus_per_learner_rank: float = Field(1, ge=0)
     """CPUs reserved per learner rank."""
     cpus_per_engine: float = Field(1, ge=0)
@@ -456,6 +459,22 @@ class RunConfig(_Section):
             raise ValueError(
                 f"rollout.sampling.temperature must be > 0 for GRPO stages {grpo}: a group "
                 "needs G different samples (temperature 0 is greedy)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _engine_gpus_hold_its_workers(self) -> RunConfig:
+        tp, gpus = self.rollout.tensor_parallel_size, self.resources.gpus_per_engine
+        if tp > 1 and gpus > 0 and gpus != tp:
+            raise ValueError(
+                f"resources.gpus_per_engine={gpus:g} with rollout.tensor_parallel_size={tp}: "
+                f"each tensor-parallel worker needs a GPU of its own (vLLM refuses to start "
+                f"{tp} workers on a share of one); set resources.gpus_per_engine: {tp}"
+            )
+        if tp > 1 and gpus > 0 and self.resources.colocate:
+            raise ValueError(
+                f"resources.colocate with rollout.tensor_parallel_size={tp}: a colocated engine "
+                "shares the learner's one GPU; use tensor_parallel_size: 1"
             )
         return self
 

@@ -79,6 +79,24 @@ def bundle(cpus: float, gpus: float, label: str | None = None) -> dict[str, floa
     }
 
 
+def engine_bundles(
+    count: int, tp: int, cpus: float, gpus: float, label: str | None = None
+) -> tuple[list[dict[str, float]], list[list[int]]]:
+    """The rollout placement group's bundles and, per engine, the indices of its workers'
+    bundles. One bundle per engine, except with tensor parallelism on GPUs: one bundle per
+    worker (its GPU), the engine's CPUs in its first (where its Ray actor runs; vLLM's ray
+    executor puts worker k in the engine's k-th bundle, `VLLM_RAY_BUNDLE_INDICES`)."""
+    if tp == 1 or not gpus:
+        return [bundle(cpus, gpus, label) for _ in range(count)], [[i] for i in range(count)]
+    bundles, workers = [], []
+    for _ in range(count):
+        workers.append(list(range(len(bundles), len(bundles) + tp)))
+        bundles.append(bundle(cpus, 1, label))
+        worker = {"GPU": 1.0, **({label: LABEL_SHARE} if label else {})}
+        bundles.extend(dict(worker) for _ in range(tp - 1))
+    return bundles, workers
+
+
 def fits_one_node(bundles: list[dict[str, float]], nodes: list[dict[str, Any]]) -> bool:
     """Whether one alive node's total resources hold all of `bundles` together."""
     need: dict[str, float] = {}
@@ -92,11 +110,17 @@ def fits_one_node(bundles: list[dict[str, float]], nodes: list[dict[str, Any]]) 
 
 
 def placement(
-    count: int, cpus: float, gpus: float, label: str | None = None, role: str = "learner"
+    count: int,
+    cpus: float,
+    gpus: float,
+    label: str | None = None,
+    role: str = "learner",
+    bundles: list[dict[str, float]] | None = None,
 ) -> Any:
-    """A ready placement group of `count` equal bundles: STRICT_PACK when one node can hold
-    them all (a learner that straddles nodes runs its ZeRO-3 collectives over the network),
-    else PACK. `label` pins the bundles to nodes offering that custom resource."""
+    """A ready placement group of `count` equal bundles (or of `bundles`): STRICT_PACK when
+    one node can hold them all (a learner that straddles nodes runs its ZeRO-3 collectives
+    over the network), else PACK. `label` pins the bundles to nodes offering that custom
+    resource."""
     import ray
     from ray.util.placement_group import placement_group
 
@@ -109,7 +133,8 @@ def placement(
             f"resources.{role}_node_label={label}: no alive node of the cluster offers the "
             f"resource {label!r} (they offer {', '.join(offered)})"
         )
-    bundles = [bundle(cpus, gpus, label) for _ in range(count)]
+    if bundles is None:
+        bundles = [bundle(cpus, gpus, label) for _ in range(count)]
     strategy = "STRICT_PACK" if fits_one_node(bundles, nodes) else "PACK"
     group = placement_group(bundles, strategy=strategy)
     ray.get(group.ready(), timeout=300)

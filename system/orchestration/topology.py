@@ -26,7 +26,13 @@ from typing import Any, Protocol
 from system.config import RunConfig, StageConfig
 from system.config.errors import WeightSyncError
 from system.config.logs import library_env
-from system.orchestration.placement import LazySender, placement, rendezvous, weight_sender
+from system.orchestration.placement import (
+    LazySender,
+    engine_bundles,
+    placement,
+    rendezvous,
+    weight_sender,
+)
 from system.orchestration.recovery import (
     LearnerDied,
     actor_stats,
@@ -440,14 +446,21 @@ class Topology:
         self.redis = connect(cfg.queue, password=self.backend.password)
         n = cfg.rollout.num_engines
         load_shard(cfg.data, 0, n)  # refuses here, not in every actor, too few records
-        group = placement(
-            n, r.cpus_per_engine, r.gpus_per_engine, r.rollout_node_label, role="rollout"
+        tp = cfg.rollout.tensor_parallel_size
+        bundles, workers = engine_bundles(
+            n, tp, r.cpus_per_engine, r.gpus_per_engine, r.rollout_node_label
         )
+        group = placement(
+            len(bundles), r.cpus_per_engine, r.gpus_per_engine, r.rollout_node_label,
+            role="rollout", bundles=bundles,
+        )  # fmt: skip
         self.groups.append(group)
-        self.actors = [
-            remote_rollout_actor(cfg, i, n, PlacementGroupSchedulingStrategy(group, i))
-            for i in range(n)
-        ]
+        self.actors = []
+        for i in range(n):
+            strategy = PlacementGroupSchedulingStrategy(
+                group, workers[i][0], placement_group_capture_child_tasks=len(workers[i]) > 1
+            )
+            self.actors.append(remote_rollout_actor(cfg, i, n, strategy, workers[i]))
         return [a.start.remote() for a in self.actors]
 
     def new_sender(self, address: str, port: int) -> LazySender:
