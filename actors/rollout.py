@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,11 @@ from system.transport.redis_server import retrying
 log = logging.getLogger("reelrl.rollout")
 
 POLL_S = 0.2
+WEDGED_GRACE_S = 30.0
+"""How long past `weight_sync.timeout_s` an engine's receive may take before it counts as
+wedged (an NCCL receive has no timeout of its own)."""
+EXIT_WEDGED = 75
+"""Exit status of an actor that stopped its wedged engine (Ray restarts it)."""
 
 
 def may_start_batch(
@@ -398,13 +404,35 @@ class RolloutActor:
         await self.engine.start_weight_update()
 
     async def update_weights(self, update_info: dict[str, Any]) -> None:
+        # gloo bounds its own receive; an NCCL receive whose sender died never returns, and
+        # the engine core, blocked in it, would answer nothing again (not even the next
+        # group's init). Past the bound plus a grace, the engine is restarted instead.
+        bound = self.config.weight_sync.timeout_s + WEDGED_GRACE_S
         try:
-            await self.engine.update_weights(update_info)
+            await asyncio.wait_for(self.engine.update_weights(update_info), bound)
+        except TimeoutError:
+            self._count_update_failure()
+            self.restart_wedged_engine(f"its weight receive did not return within {bound:g} s")
+            raise
         except Exception:
             # Counted for the operator (and the chaos report); the engine keeps its weights.
-            self.stats_.weight_update_failures += 1
-            self.stats_.last_weight_update_failure = time.time()
+            self._count_update_failure()
             raise
+
+    def _count_update_failure(self) -> None:
+        self.stats_.weight_update_failures += 1
+        self.stats_.last_weight_update_failure = time.time()
+
+    def restart_wedged_engine(self, why: str) -> None:
+        """An engine stuck inside a collective cannot be reset from outside it: stop it (its
+        processes are killed) and exit the actor with an error, so that Ray restarts it
+        (`rollout.max_restarts`) with a fresh engine that waits for the current weights and
+        joins the next weight-sync group."""
+        log.error("rollout actor %d: engine wedged (%s); restarting the actor", self.index, why)
+        try:
+            self.shutdown()
+        finally:
+            os._exit(EXIT_WEDGED)
 
     async def finish_weight_update(self, weight_version: str | None = None) -> None:
         version = self.engine.weight_version + 1 if weight_version is None else int(weight_version)

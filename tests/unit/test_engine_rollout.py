@@ -1,10 +1,11 @@
 """RolloutActor scoring against a scripted `RolloutEngine` double (no vLLM): rewards,
 T-GRPO shuffled rollouts (scored, never published, bonus on the ordered samples), the
-equal-reward filter and stats."""
+equal-reward filter and stats, samples that straddle a weight update, a wedged weight receive."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -100,3 +101,63 @@ def test_equal_reward_groups_are_filtered(tiny_qwen2_5_vl, synthetic_dataset):
     actor = actor_for(tiny_qwen2_5_vl, synthetic_dataset, ScriptedEngine([WRONG], []))
     assert run_batch(actor) == []
     assert actor.stats()["filter_rate"] == 1.0
+
+
+class StraddlingEngine(ScriptedEngine):
+    """Completions whose later tokens came from the next weight version (an update landed
+    while they were generating), as vLLM reports them."""
+
+    async def generate(self, requests: Sequence[EngineRequest], spec: SampleSpec):
+        gens = await super().generate(requests, spec)
+        return [
+            Generation(
+                prompt_ids=g.prompt_ids,
+                completions=[
+                    Completion(
+                        [5] * 4,
+                        [-0.5] * 4,
+                        c.text,
+                        "stop",
+                        version_starts=((4, 0), (5, 2)) if i % 2 else ((5, 0),),
+                    )
+                    for i, c in enumerate(g.completions)
+                ],
+            )
+            for g in gens
+        ]
+
+
+def test_straddling_samples_keep_their_spans_and_the_group_its_oldest_version(
+    tiny_qwen2_5_vl, synthetic_dataset
+):
+    engine = StraddlingEngine([RIGHT, WRONG], [])
+    actor = actor_for(tiny_qwen2_5_vl, synthetic_dataset, engine, filter_equal_rewards=False)
+    (group,) = run_batch(actor)
+    assert [s.version_starts for s in group.samples] == [((5, 0),), ((4, 0), (5, 2))] * 2
+    # The batch started at v3, but no token is older than v4: staleness counts from v4.
+    assert group.weight_version == 4
+
+
+class WedgedEngine(ScriptedEngine):
+    """An engine stuck in its weight receive (an NCCL broadcast whose sender died)."""
+
+    async def update_weights(self, update_info):
+        await asyncio.sleep(3600)
+
+
+def test_a_wedged_weight_receive_restarts_the_engine(
+    tiny_qwen2_5_vl, synthetic_dataset, monkeypatch
+):
+    import actors.rollout as rollout
+
+    actor = actor_for(tiny_qwen2_5_vl, synthetic_dataset, WedgedEngine([RIGHT], []))
+    actor.config.weight_sync.timeout_s = 0.2
+    monkeypatch.setattr(rollout, "WEDGED_GRACE_S", 0.1)
+    restarted: list[str] = []
+    monkeypatch.setattr(actor, "restart_wedged_engine", restarted.append)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        asyncio.run(actor.update_weights({"names": []}))
+    assert time.monotonic() - started < 2.0
+    assert restarted == ["its weight receive did not return within 0.3 s"]
+    assert actor.stats_.weight_update_failures == 1
