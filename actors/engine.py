@@ -160,6 +160,16 @@ def weight_backend(config: RunConfig) -> str:
     return backend
 
 
+def omp_binding(tp: int, cpus: list[int]) -> str:
+    """vLLM's `VLLM_CPU_OMP_THREADS_BIND` for `tp` CPU workers: the process's CPUs split into
+    `tp` equal runs ("0,1|2,3"). vLLM's own default binds one NUMA node per worker and refuses
+    more workers than nodes (a one-node host); with fewer CPUs than workers, no binding."""
+    per = len(cpus) // tp
+    if per == 0:
+        return "nobind"
+    return "|".join(",".join(map(str, cpus[i * per : (i + 1) * per])) for i in range(tp))
+
+
 def executor_backend(tp: int, gpu: bool) -> str | None:
     """vLLM's executor for `tp` tensor-parallel workers: `uni` (the worker inside the engine
     core) for one; on GPUs `ray` for several, each worker a Ray actor in the engine's
@@ -242,7 +252,14 @@ class VLLMEngine:
         # vLLM's CPU platform replaces `uni` by its multiprocess executor unless this is 0 while
         # the engine is configured and its core process spawned (AsyncLLM keeps that process).
         in_core = args.distributed_executor_backend == "uni"
-        with scoped_env(VLLM_ENABLE_V1_MULTIPROCESSING="0" if in_core else None):
+        tp = config.rollout.tensor_parallel_size
+        bind = None
+        if tp > 1 and not on_gpu() and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+            bind = omp_binding(tp, sorted(os.sched_getaffinity(0)))
+        with scoped_env(
+            VLLM_ENABLE_V1_MULTIPROCESSING="0" if in_core else None,
+            VLLM_CPU_OMP_THREADS_BIND=bind,
+        ):
             llm = AsyncLLM.from_engine_args(args)
         return cls(llm, llm.get_tokenizer() if hasattr(llm, "get_tokenizer") else None)
 

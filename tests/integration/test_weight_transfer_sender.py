@@ -40,14 +40,15 @@ def main() -> None:
     parser.add_argument("--group", default="0")
     parser.add_argument("--die-after", type=int, default=-1)
     parser.add_argument("--stall", action="store_true")
+    parser.add_argument("--world", type=int, default=2, help="1 + the engines' workers")
     args = parser.parse_args()
 
     from actors.weight_transfer.gloo_engine import broadcast, open_group, open_store
 
     packed = buckets(perturbed_model(args.model, args.seed), args.bucket_bytes)
-    store = open_store("127.0.0.1", args.port, 0, 2, 60.0)
+    store = open_store("127.0.0.1", args.port, 0, args.world, 60.0)
     print("LISTENING", flush=True)
-    group = open_group("127.0.0.1", args.port, 0, 2, 60.0, args.group, store)
+    group = open_group("127.0.0.1", args.port, 0, args.world, 60.0, args.group, store)
     for index, bucket in enumerate(packed):
         if index == args.die_after:
             if args.stall:

