@@ -121,8 +121,9 @@ class RolloutEngine(Protocol):
         """Release accelerator memory (colocated with the learner)."""
         ...
 
-    async def wake_up(self) -> None:
-        """Take the memory back after `sleep`."""
+    async def wake_up(self, tags: list[str] | None = None) -> None:
+        """Take the memory back after `sleep`: all of it, or only vLLM's `tags` ("weights"
+        first, so a weight update lands before the KV cache is allocated again)."""
         ...
 
     def shutdown(self) -> None:
@@ -367,8 +368,8 @@ class VLLMEngine:
     async def sleep(self, level: int = 1) -> None:
         await self.llm.sleep(level)
 
-    async def wake_up(self) -> None:
-        await self.llm.wake_up()
+    async def wake_up(self, tags: list[str] | None = None) -> None:
+        await self.llm.wake_up(tags)
 
     def shutdown(self) -> None:
         self.llm.shutdown()

@@ -444,8 +444,8 @@ class RolloutActor:
     async def sleep(self, level: int = 1) -> None:
         await self.engine.sleep(level)
 
-    async def wake_up(self) -> None:
-        await self.engine.wake_up()
+    async def wake_up(self, tags: list[str] | None = None) -> None:
+        await self.engine.wake_up(tags)
 
     def shutdown(self) -> None:
         if self.engine is not None:

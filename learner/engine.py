@@ -236,6 +236,30 @@ def initialize(model: Any, config: dict, train: bool, warmup_steps: int = 0) -> 
     return engine
 
 
+OFFLOADED_STATES = ("optim_states", "hp_params", "lp_grads", "contiguous_grad_buffer")
+"""What a colocated learner moves off the GPU while the engines generate: Adam's moments, the
+fp32 master weights, the gradient buffers (the bf16 parameter partitions stay: ZeRO-3 keeps
+only 1/world of them)."""
+
+
+def offload_states(engine: Any) -> None:
+    """Move the optimizer's GPU state to pinned host memory and return the freed blocks to the
+    driver (`torch.cuda.empty_cache`), so that the engines can take them."""
+    from deepspeed.runtime.zero.offload_config import OffloadDeviceEnum, OffloadStateTypeEnum
+
+    engine.offload_states(
+        include=[OffloadStateTypeEnum(s) for s in OFFLOADED_STATES],
+        device=OffloadDeviceEnum.cpu,
+        pin_memory=True,
+    )
+    torch.cuda.empty_cache()
+
+
+def reload_states(engine: Any) -> None:
+    """Bring the offloaded optimizer state back onto the GPU (before a step or a checkpoint)."""
+    engine.reload_states()
+
+
 def discard_gradients(engine: Any) -> None:
     """Drop the accumulated gradients without an optimizer step (a skipped step): what
     DeepSpeed itself does on an overflow."""

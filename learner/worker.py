@@ -115,6 +115,13 @@ class LearnerWorker:
             )
             self.reference = eng.initialize(ref, ds, False)
         self.state = TrainingState(step=0, base_model=self.base_model)
+        # Colocated on one GPU: the engines generate while the learner waits; its optimizer
+        # state makes room for them (`resources.offload_optimizer`), its cache is emptied.
+        self.shares_gpu = config.resources.colocate and self.device.type == "cuda"
+        self.offloads = (
+            self.shares_gpu and config.resources.offload_optimizer and algorithm == "grpo"
+        )
+        self._offloaded = False
         self.frozen_sent = False
         self.packer = BucketPacker()
         self._uncommitted_groups: list[str] = []
@@ -147,9 +154,23 @@ class LearnerWorker:
     def global_step(self) -> int:
         return self.state.step
 
+    def _states_on_device(self) -> None:
+        if self._offloaded:
+            eng.reload_states(self.engine)
+            self._offloaded = False
+
+    def _make_room(self) -> None:
+        """Colocated: hand the GPU to the engines (optimizer state out, cache emptied)."""
+        if self.offloads and not self._offloaded:
+            eng.offload_states(self.engine)
+            self._offloaded = True
+        elif self.shares_gpu:
+            torch.cuda.empty_cache()
+
     def step(self) -> dict[str, float]:
         """One optimizer step on every rank together; returns this step's metrics."""
         t0 = time.perf_counter()
+        self._states_on_device()
         if isinstance(self.source, QueueSource):
             self.source.version = self.state.weight_version
         share = self.config.learner.groups_per_step // self.world_size
@@ -176,6 +197,8 @@ class LearnerWorker:
         out = self._finish_step(applied, grad_norm, first_losses, metrics, batch.rewards, timing)
         if batch.samples:
             out.update(batch.sample_means())
+        if self.shares_gpu:
+            torch.cuda.empty_cache()  # the step's activations, before the engines wake
         out["step_s"] = time.perf_counter() - t0
         out["trained_tokens"] = tokens  # completion tokens in the loss, all ranks
         out["trained_sequences"] = seqs
@@ -332,6 +355,7 @@ class LearnerWorker:
         )  # fmt: skip
         self.state.weight_version = self.state.step
         self.frozen_sent = self.frozen_sent or include_frozen
+        self._make_room()  # the engines generate next
         out["export_s"] = time.perf_counter() - t0
         return out
 
@@ -342,6 +366,8 @@ class LearnerWorker:
         root, step = self.checkpoint_dir, self.state.step
         tmp = self._on_rank0(lambda: ckpt.begin(root, step))
         error = None
+        offloaded = self._offloaded
+        self._states_on_device()  # the checkpoint holds the optimizer state
         try:
             self.engine.save_checkpoint(str(tmp / "deepspeed"), tag="state")
             torch.save(_rng_state(), tmp / f"rng_rank{self.rank}.pt")
@@ -349,6 +375,8 @@ class LearnerWorker:
                 save_hf(self.engine.module, self.processor, tmp / "hf")
         except OSError as exc:
             error = ckpt.failure_message(root, step, exc)
+        if offloaded:
+            self._make_room()
         source_states = eng.all_gather_object(self.source.state())
         groups = eng.all_gather_object(self._uncommitted_groups)
         (failed,) = eng.all_reduce([1.0 if error else 0.0], op="max")

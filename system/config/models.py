@@ -345,6 +345,10 @@ class WeightSyncConfig(_Section):
 class ResourcesConfig(_Section):
     colocate: bool = False
     """Share one GPU between learner and rollout (vLLM sleeps during learner steps)."""
+    offload_optimizer: bool = True
+    """Colocated on a GPU: the learner's optimizer state (Adam moments, fp32 master weights,
+    gradient buffers) moves to host memory while the engines generate and back before its
+    step (DeepSpeed's offload_states / reload_states). No effect elsewhere."""
     gpus_per_learner_rank: float = Field(0, ge=0)
     """GPUs reserved per learner rank (0 on CPU)."""
     gpus_per_engine: float = Field(0, ge=0)

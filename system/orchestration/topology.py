@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from system.config import RunConfig, StageConfig
 from system.config.errors import WeightSyncError
 from system.config.logs import library_env
+from system.orchestration.colocation import Handover
 from system.orchestration.placement import (
     LazySender,
     engine_bundles,
@@ -126,6 +127,8 @@ class Topology:
         if self.colocated:
             ray.get(starting)
             starting = []
+            if self.sleeps:
+                self._handover().release()  # asleep before the learner takes its share
         self.start_learners()
         ray.get(starting)
         print(self.placement_report(), flush=True)
@@ -146,7 +149,10 @@ class Topology:
             return
         self.step_now = step
         self.clear_interrupt()
-        self.export_weights()
+        if self.sleeps:
+            self._handover().refill(self.export_weights)
+        else:
+            self.export_weights()
         if not self.colocated:
             self.actor_runs = [a.run.remote() for a in self.actors]
         for observer in list(OBSERVERS):
@@ -222,7 +228,6 @@ class Topology:
                 return None
 
     def _step_once(self) -> dict[str, float]:
-        import ray
 
         if self.colocated:
             self._generate_then_sleep()
@@ -239,8 +244,14 @@ class Topology:
             observer.stepped(self, metrics)
         if not self.grpo:
             return metrics
-        if self.sleeps:
-            ray.get([a.wake_up.remote() for a in self.actors])
+        if self.sleeps:  # weights woken for the push, the KV cache after it
+            self._handover().refill(lambda: self._push_after_step(metrics))
+        else:
+            self._push_after_step(metrics)
+        metrics.update(self.rollout_metrics())
+        return metrics
+
+    def _push_after_step(self, metrics: dict[str, float]) -> None:
         if dead_actors(self.actor_runs):
             resync(self, "a rollout actor died and was restarted")
         elif self.step_now % self.config.weight_sync.every_steps == 0:
@@ -248,8 +259,11 @@ class Topology:
                 metrics["weight_sync_s"] = self.export_weights(full=False)
             except WeightSyncError as exc:
                 resync(self, f"weight push failed: {exc}")
-        metrics.update(self.rollout_metrics())
-        return metrics
+
+    def _handover(self) -> Handover:
+        import ray
+
+        return Handover(self.actors, ray.get)
 
     def push_weights(self, step: int) -> None:
         """Export the learner's weights to the engines now (outside the every_steps rhythm)."""
@@ -361,7 +375,7 @@ class Topology:
         while read_stats(self.redis, self.config.queue, self.config.name)["undelivered"] < needed:
             ray.get([a.step.remote() for a in self.actors])
         if self.sleeps:
-            ray.get([a.sleep.remote() for a in self.actors])
+            self._handover().release()
 
     # ----------------------------------------------------------------- weights and recovery
 
