@@ -1,9 +1,11 @@
-"""The NCCL weight sync on a GPU: `NcclRolloutSender` (learner side, rank 0) pushes perturbed
-weights of the tiny model into a real vLLM engine running vLLM's own `nccl` weight-transfer
-engine, announcing the whole version in one `update_weights`; afterwards the engine's greedy
+"""The NCCL weight sync on two GPUs: `NcclRolloutSender` (learner side, rank 0, on cuda:1)
+pushes perturbed weights of the tiny model into a real vLLM engine on cuda:0 (its processes
+see only that device) running vLLM's own `nccl` weight-transfer engine, announcing the whole version in one `update_weights`; afterwards the engine's greedy
 log-probs match a transformers forward of the new weights, a second version (per-bucket
 announcements this time) lands too, and the engine serves the version it was given.
-Skipped without CUDA (needs the GPU build of vLLM: `pip install -e .[gpu]`)."""
+Skipped below two GPUs — NCCL refuses two ranks of one group on one device; the one-GPU
+case is the colocated run (gloo), tests/gpu/test_single_gpu_run.py. Needs the GPU build of
+vLLM (`pip install -e .[gpu]`)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,14 @@ import torch
 from system.config import RunConfig
 from system.transport.redis_server import free_port
 
-pytestmark = [pytest.mark.gpu, pytest.mark.integration, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        torch.cuda.device_count() < 2, reason="needs two GPUs (sender and engine apart)"
+    ),
+]
 
 PROMPT = "<|im_start|>user\nWhat happens in the video?<|im_end|>\n<|im_start|>assistant\n"
 BUCKET_BYTES = 1 << 20
@@ -26,7 +35,7 @@ ATOL = 2e-2  # bfloat16 engine against a float32 reference
 
 @pytest.fixture(scope="module")
 def engine_loop(tiny_qwen2_5_vl):
-    from actors.engine import VLLMEngine
+    from actors.engine import VLLMEngine, scoped_env
 
     config = RunConfig.model_validate(
         {
@@ -38,7 +47,12 @@ def engine_loop(tiny_qwen2_5_vl):
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    engine = asyncio.run_coroutine_threadsafe(_create(VLLMEngine, config), loop).result()
+    # The engine's processes see cuda:0 only; this process (the sender) works on cuda:1 (its
+    # CUDA initialised first, so it keeps seeing both devices).
+    torch.cuda.init()
+    with scoped_env(CUDA_VISIBLE_DEVICES="0"):
+        engine = asyncio.run_coroutine_threadsafe(_create(VLLMEngine, config), loop).result()
+    torch.cuda.set_device(1)
     yield engine, loop
     engine.shutdown()
     loop.call_soon_threadsafe(loop.stop)
