@@ -238,8 +238,10 @@ class VLLMEngine:
         self.llm = llm
         self.tokenizer = tokenizer
         self.weight_version = 0
-        self._lock = asyncio.Lock()
+        self._cond = asyncio.Condition()
+        self._in_flight = 0
         self._updating = False
+        self._paused = False
         self._labelled = False
 
     @classmethod
@@ -269,15 +271,21 @@ class VLLMEngine:
     async def generate(
         self, requests: Sequence[EngineRequest], spec: SampleSpec
     ) -> list[Generation]:
-        if not self._labelled:
-            # vLLM labels each sampled token with the weight version set last; without a
-            # label it reports no spans. Requests made during an update wait in vLLM's queue.
-            async with self._lock:
-                if not self._updating:
-                    await self.llm.update_weight_version(str(self.weight_version))
-                    self._labelled = True
-        params = _sampling_params(spec, self._banned())
-        return list(await asyncio.gather(*(self._one(r, params) for r in requests)))
+        async with self._cond:
+            # Requests made during an update wait here (vLLM would queue them too).
+            await self._cond.wait_for(lambda: not self._updating)
+            self._in_flight += 1
+            if not self._labelled:
+                # vLLM labels each sampled token with the weight version set last; without
+                # a label it reports no spans.
+                await self.llm.update_weight_version(str(self.weight_version))
+                self._labelled = True
+        try:
+            params = _sampling_params(spec, self._banned())
+            return list(await asyncio.gather(*(self._one(r, params) for r in requests)))
+        finally:
+            async with self._cond:
+                self._in_flight -= 1
 
     async def _one(self, request: EngineRequest, params: Any) -> Generation:
         prompt: dict[str, Any] = {"prompt": request.prompt}
@@ -310,14 +318,18 @@ class VLLMEngine:
         await self.llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info=init_info))
 
     async def start_weight_update(self) -> None:
-        async with self._lock:
+        async with self._cond:
             if self._updating:
                 raise RuntimeError("a weight update is already open on this engine")
             self._updating = True
+            busy = self._in_flight > 0
         try:
-            # The requests in flight stay where they are; their KV cache (old weights) is
-            # dropped so that they resume on a prefix recomputed with the new weights.
-            await self.llm.pause_generation(mode="keep", clear_cache=True)
+            if busy:
+                # The requests in flight stay where they are; their KV cache (old weights)
+                # is dropped so that they resume on a prefix recomputed with the new weights.
+                # (Idle, there is nothing to pause: new requests wait in `generate`.)
+                await _pause_keeping_requests(self.llm)
+                self._paused = True
             await self.llm.start_weight_update()
         except BaseException:
             await self._end_update()
@@ -356,12 +368,14 @@ class VLLMEngine:
     async def _end_update(self) -> None:
         """Close the update (finished or failed): generation resumes on whatever weights the
         engine holds now."""
-        async with self._lock:
+        async with self._cond:
             if not self._updating:
                 return
             self._updating = False
-            if await self.llm.is_paused():
-                await self.llm.resume_generation()
+            paused, self._paused = self._paused, False
+            self._cond.notify_all()
+        if paused:
+            await self.llm.resume_generation()
 
     # ----------------------------------------------------------------------- colocation
 
@@ -373,6 +387,18 @@ class VLLMEngine:
 
     def shutdown(self) -> None:
         self.llm.shutdown()
+
+
+async def _pause_keeping_requests(llm: Any) -> None:
+    """vLLM's `pause_generation(mode="keep", clear_cache=True)` without the 20 ms sleep it
+    adds "for more intuitive ordering of events" (not needed for correctness, its comment
+    says): both multimodal caches and the KV cache cleared, the requests kept."""
+    renderer, core = getattr(llm, "renderer", None), getattr(llm, "engine_core", None)
+    if renderer is None or not hasattr(core, "pause_scheduler_async"):
+        await llm.pause_generation(mode="keep", clear_cache=True)
+        return
+    await renderer.clear_mm_cache_async()
+    await core.pause_scheduler_async(mode="keep", clear_cache=True)
 
 
 def _sampling_params(spec: SampleSpec, banned: Sequence[int] = ()) -> Any:

@@ -226,7 +226,8 @@ def test_an_update_pauses_generation_instead_of_draining_it(engine, tiny_qwen2_5
     from actors.engine import EngineRequest, SampleSpec
 
     loop, eng = engine
-    old, idle_s = _timed_update(loop, eng, tiny_qwen2_5_vl, seed=5)
+    _timed_update(loop, eng, tiny_qwen2_5_vl, seed=5)  # the first load takes vLLM's full path
+    old, idle_s = _timed_update(loop, eng, tiny_qwen2_5_vl, seed=8)
     v_old = eng.weight_version
     # No per-request seed: vLLM 0.32 on CPU fails to recompute a paused, seeded request in
     # chunks ("CPU Generator does not use offset"); rollouts seed the engine instead.
@@ -238,7 +239,7 @@ def test_an_update_pauses_generation_instead_of_draining_it(engine, tiny_qwen2_5
     assert not generating.done(), "the update waited for the batch to finish"
     (gen,) = loop.run_until_complete(generating)
     print(f"update while idle {idle_s:.2f} s, while generating {busy_s:.2f} s")
-    assert busy_s <= 1.5 * idle_s + 0.5
+    assert busy_s <= 1.5 * idle_s + 0.25  # (+ a margin: 2 shared cores, ~50 ms updates)
     straddling = [c for c in gen.completions if len(c.version_starts) == 2]
     assert straddling, [c.version_starts for c in gen.completions]
     for c in gen.completions:
