@@ -253,6 +253,35 @@ def rolling_mean(values: list[float], window: int) -> list[float]:
     return out
 
 
+BAND_SE = 2.0
+"""Half-width of the reward band, in standard errors of the window's mean."""
+
+
+def rolling_band(values: list[float], window: int) -> tuple[list[float], list[float]]:
+    """Mean of each value and the up to `window - 1` before it, and the half-width of its
+    band: BAND_SE standard errors of that mean (sample standard deviation / sqrt(n); 0 for
+    a window of one value)."""
+    means, halves = [], []
+    for i in range(len(values)):
+        part = values[max(0, i - window + 1) : i + 1]
+        n = len(part)
+        mean = sum(part) / n
+        var = sum((v - mean) ** 2 for v in part) / (n - 1) if n > 1 else 0.0
+        means.append(mean)
+        halves.append(BAND_SE * (var / n) ** 0.5)
+    return means, halves
+
+
+def task_accuracy(evals: list[dict[str, Any]], mode: str) -> dict[str, list[tuple[int, float]]]:
+    """Per task, (step, held-out accuracy) of `mode` at every evaluation that has it."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for e in evals:
+        tasks = e.get("modes", {}).get(mode, {}).get("tasks", {})
+        for task, figures in tasks.items():
+            out.setdefault(task, []).append((int(e["step"]), float(figures["accuracy"])))
+    return out
+
+
 def plot_all(stages: list[StageData], out: Path) -> list[str]:
     """Write the PNG plots under `out`; returns their file names."""
     import matplotlib
@@ -288,8 +317,12 @@ def plot_all(stages: list[StageData], out: Path) -> list[str]:
 def _plot_rl_stage(s: StageData, save: Any, plt: Any) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     steps, totals = s.series("reward_mean")
-    ax.plot(steps, totals, label="total", color="0.75")
-    ax.plot(steps, rolling_mean(totals, 10), label="total, mean of 10 steps", linewidth=2)
+    ax.plot(steps, totals, label="total", color="0.8")
+    means, halves = rolling_band(totals, 10)
+    ax.fill_between(steps, [m - h for m, h in zip(means, halves, strict=True)],
+                    [m + h for m, h in zip(means, halves, strict=True)], alpha=0.25,
+                    color="C0", label=f"± {BAND_SE:g} SE of the mean")  # fmt: skip
+    ax.plot(steps, means, label="total, mean of 10 steps", linewidth=2, color="C0")
     for key in sorted({k for r in s.rows for k in r if k.startswith("reward/")}):
         ax.plot(s.series(key)[0], rolling_mean(s.series(key)[1], 10),
                 label=key.removeprefix("reward/"), alpha=0.8)  # fmt: skip
@@ -317,6 +350,16 @@ def _plot_rl_stage(s: StageData, save: Any, plt: Any) -> None:
         axes[1].set(xlabel="step", ylabel="think ratio", ylim=(-0.05, 1.05))
         axes[0].legend(fontsize=8)
         save(fig, f"{s.name}_eval.png")
+        modes = list(s.evals[-1]["modes"])
+        fig, axes = plt.subplots(1, len(modes), figsize=(4.2 * len(modes), 3.2), squeeze=False)
+        for ax, mode in zip(axes[0], modes, strict=True):
+            for task, points in sorted(task_accuracy(s.evals, mode).items()):
+                ax.plot(*zip(*points, strict=True), "o-", label=task)
+            ax.set(xlabel="step", ylabel="held-out accuracy", ylim=(-0.05, 1.05),
+                   title=MODE_LABELS.get(mode, mode))  # fmt: skip
+        axes[0][0].legend(fontsize=8)
+        fig.suptitle(f"{s.name}: accuracy per task at every evaluation")
+        save(fig, f"{s.name}_tasks.png")
 
 
 def _plot_comparison(comparison: dict[str, Any], save: Any, plt: Any) -> None:

@@ -258,3 +258,37 @@ def test_an_update_pauses_generation_instead_of_draining_it(engine, tiny_qwen2_5
             # other version's weights are off by two orders of magnitude more.
             assert (got - want).abs().mean() <= ATOL and (got - want).abs().max() <= 2 * ATOL
             assert (got - wrong).abs().mean() > 50 * ATOL
+
+
+def test_a_sender_dying_while_generation_is_paused(engine, tiny_qwen2_5_vl):
+    """The sender dies mid-update while the engine holds paused requests: the receive fails
+    within the timeout, the engine keeps its weights and resumes, and the paused completions
+    finish under the version they started with (no second span)."""
+    from actors.engine import EngineRequest, SampleSpec
+
+    loop, eng = engine
+    version = eng.weight_version
+    _, ids_before, before = greedy(loop, eng)
+    packed = buckets(perturbed_model(str(tiny_qwen2_5_vl), seed=9), BUCKET_BYTES)
+    port, group = free_port(), "dies-paused"
+    proc = start_sender(tiny_qwen2_5_vl, port, group, "--seed", "9", "--die-after", "2")
+    timeout_s = 5.0
+    join(loop, eng, port, group, timeout_s)
+    spec = SampleSpec(n=2, temperature=1.0, max_tokens=900)
+    generating = loop.create_task(eng.generate([EngineRequest(PROMPT)], spec))
+    loop.run_until_complete(asyncio.sleep(1.0))
+    assert not generating.done()
+    specs = [{"manifest": b.manifest(), "nbytes": b.packed.numel()} for b in packed]
+    loop.run_until_complete(eng.start_weight_update())
+    started = time.monotonic()
+    with pytest.raises(Exception, match=r"bucket 3/\d+.*keeping the previous weights"):
+        loop.run_until_complete(eng.update_weights({"buckets": specs, "version": version + 1}))
+    assert time.monotonic() - started < timeout_s + 5.0
+    proc.wait(timeout=30)
+    (gen,) = loop.run_until_complete(asyncio.wait_for(generating, 300))
+    assert eng.weight_version == version
+    for c in gen.completions:
+        assert c.version_starts == ((version, 0),)
+    _, ids_after, after = greedy(loop, eng)
+    assert ids_after == ids_before
+    assert after == pytest.approx(before, abs=1e-5)

@@ -84,7 +84,7 @@ def test_report_compares_first_and_last_evaluation_of_the_rl_stage(tmp_path):
     assert "### Per task, gated" in text and "published 20, applied 16" in text
     plots = sorted(p.name for p in (run / "plots").iterdir())
     assert plots == ["accuracy_per_task.png", "rl_eval.png", "rl_reward.png", "rl_system.png",
-                     "sft_loss.png"]  # fmt: skip
+                     "rl_tasks.png", "sft_loss.png"]  # fmt: skip
     for name in plots:
         assert (run / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"(plots/{name})" in text
@@ -103,3 +103,21 @@ def test_rolling_mean():
 
     assert rolling_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
     assert rolling_mean([], 3) == []
+
+
+def test_reward_band_is_two_standard_errors_of_the_window_mean():
+    from system.reporting.report import rolling_band
+
+    means, halves = rolling_band([1.0, 3.0, 5.0, 7.0], 2)
+    assert means == [1.0, 2.0, 4.0, 6.0]
+    # Windows of two values 2 apart: sample sd sqrt(2), SE 1, band 2 SE.
+    assert halves == pytest.approx([0.0, 2.0, 2.0, 2.0])
+    assert rolling_band([], 3) == ([], [])
+
+
+def test_task_accuracy_at_every_evaluation(tmp_path):
+    from system.reporting.report import task_accuracy
+
+    stages = load_stages(_run_dir(tmp_path))
+    per_task = task_accuracy(stages[1].evals, "gated")
+    assert per_task == {"count": [(0, 0.25), (4, 0.75)], "direction": [(0, 0.25), (4, 1.0)]}
