@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from actors.engine import EngineRequest, RolloutEngine
+from actors.engine import RolloutEngine
 from actors.gating import GatedInference, Inference, Mode, result
 from actors.inputs import prepare, reward_target
 from actors.rewards import is_correct, task_reward
@@ -71,7 +71,7 @@ async def evaluate(
     """Graded rows over `records` and the skip count (see the module docstring)."""
     prompts, skipped = prepare(records, config, processor, "answer_twice")
     kept = [p.record for p in prompts]
-    requests = [EngineRequest(p.text, p.video.vllm_input()) for p in prompts]
+    requests = [p.request() for p in prompts]
     runner = GatedInference(engine, processor.tokenizer, tau, first_max_tokens, think_max_tokens)
     think: Mode = "always_think" if "always_think" in modes else "gated"
     if list(modes) == ["direct"]:

@@ -83,6 +83,8 @@ class RolloutStats:
     generating: int = 0
     weight_update_failures: int = 0
     last_weight_update_failure: float = 0.0
+    published_by_kind: dict[str, int] = field(default_factory=dict)
+    """Groups published per prompt kind (video, text)."""
 
     def as_dict(self, weight_version: int) -> dict[str, float]:
         n = max(self.completions, 1)
@@ -104,6 +106,7 @@ class RolloutStats:
             "weight_update_failures": self.weight_update_failures,
             "last_weight_update_failure": self.last_weight_update_failure,
             "weight_version": weight_version,
+            **{f"groups_published_{k}": v for k, v in sorted(self.published_by_kind.items())},
         }
 
 
@@ -239,6 +242,8 @@ class RolloutActor:
         for group in groups:
             self.queue.produce(group)
             self.stats_.published += 1
+            kind = str(group.meta.get("kind", "video"))
+            self.stats_.published_by_kind[kind] = self.stats_.published_by_kind.get(kind, 0) + 1
 
     def _next_records(self) -> list[Record]:
         n = self.config.rollout.prompts_per_batch
@@ -269,20 +274,26 @@ class RolloutActor:
         self, prompts: list[Prompt], version: int, created: float
     ) -> list[RolloutGroup]:
         ordered_spec, shuffled_spec = self._specs()
-        requests = [EngineRequest(p.text, p.video.vllm_input()) for p in prompts]
-        t_grpo = self.config.rollout.t_grpo.enabled
+        requests = [p.request() for p in prompts]
+        # T-GRPO contrasts ordered with shuffled frames: video prompts only.
+        videos = [i for i, r in enumerate(requests) if r.video is not None]
+        t_grpo = self.config.rollout.t_grpo.enabled and bool(videos)
         started = time.perf_counter()
         jobs = [self.engine.generate(requests, ordered_spec)]
         if t_grpo:
-            seeds = [self._batch * 1000 + i for i in range(len(prompts))]
             mixed = [
-                EngineRequest(r.prompt, shuffled(r.video, s))
-                for r, s in zip(requests, seeds, strict=True)
+                EngineRequest(
+                    requests[i].prompt, shuffled(requests[i].video, self._batch * 1000 + i)
+                )
+                for i in videos
             ]
             jobs.append(self.engine.generate(mixed, shuffled_spec))
         results = await asyncio.gather(*jobs)
         self.stats_.gen_s += time.perf_counter() - started
-        shuffled_gens = results[1] if t_grpo else [None] * len(prompts)
+        shuffled_gens: list[Generation | None] = [None] * len(prompts)
+        if t_grpo:
+            for i, gen in zip(videos, results[1], strict=True):
+                shuffled_gens[i] = gen
         groups = []
         for prompt, gen, mixed in zip(prompts, results[0], shuffled_gens, strict=True):
             group = self._group(prompt, gen, mixed, version, created)
@@ -302,7 +313,7 @@ class RolloutActor:
         scores = [score_completion(c.text, prompt.target, cfg.rewards) for c in gen.completions]
         totals = [s.total for s in scores]
         components = [dict(s.components) for s in scores]
-        meta: dict[str, Any] = {"actor": self.index}
+        meta: dict[str, Any] = {"actor": self.index, "kind": prompt.kind}
         if mixed is not None:
             shuffled_scores = [
                 score_completion(c.text, prompt.target, cfg.rewards) for c in mixed.completions
@@ -342,7 +353,7 @@ class RolloutActor:
             created_at=created,
             finished_at=time.time(),
             prompt_ids=np.asarray(gen.prompt_ids, dtype=np.int32),
-            vision=prompt.video.ref,
+            vision=None if prompt.video is None else prompt.video.ref,
             samples=tuple(samples),
             problem_type=prompt.record.problem_type,
             answer=prompt.record.answer,

@@ -77,7 +77,6 @@ def _config(model: Path, data: Path, redis_url: str, quick: bool) -> Any:
 def _throughput(loop: Any, engine: Any, config: Any, records: list, batches: int) -> dict:
     import statistics
 
-    from actors.engine import EngineRequest
     from actors.rollout import RolloutActor
 
     actor = RolloutActor(config, records=records)
@@ -102,7 +101,7 @@ def _throughput(loop: Any, engine: Any, config: Any, records: list, batches: int
         actor_s += took
         actor_tokens += actor.stats_.tokens - before
         prompts = actor._prepare(batch)
-        requests = [EngineRequest(p.text, p.video.vllm_input()) for p in prompts]
+        requests = [p.request() for p in prompts]
         _call(loop, _cold(engine))
         t0 = time.perf_counter()
         gens = _call(loop, engine.generate(requests, ordered))

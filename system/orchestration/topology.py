@@ -320,8 +320,9 @@ class Topology:
 
         stats = actor_stats(self.actors)
         out: dict[str, float] = {}
-        for key in stats[0]:
-            values = [float(s[key]) for s in stats]
+        keys = dict.fromkeys(k for s in stats for k in s)  # per-kind counts: some actors only
+        for key in keys:
+            values = [float(s.get(key, 0.0)) for s in stats]
             mean_like = key.endswith(("_mean", "_ratio", "_rate", "version", "length"))
             out[f"rollout/{key}"] = sum(values) / len(values) if mean_like else sum(values)
         cfg = self.config

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import pytest
 
@@ -161,3 +162,35 @@ def test_a_wedged_weight_receive_restarts_the_engine(
     assert time.monotonic() - started < 2.0
     assert restarted == ["its weight receive did not return within 0.3 s"]
     assert actor.stats_.weight_update_failures == 1
+
+
+def test_text_only_records_are_generated_for_and_counted_by_kind(
+    tiny_qwen2_5_vl, synthetic_dataset
+):
+    """A text-only record in a GRPO batch: a prompt without a video part, an engine request
+    without frames, a group without a vision reference; its kind is counted apart. T-GRPO's
+    shuffled-frame rollouts are made for the video prompts only."""
+    from system.data.synthetic import make_text_record
+
+    engine = ScriptedEngine([RIGHT, WRONG], [WRONG])
+    actor = actor_for(
+        tiny_qwen2_5_vl, synthetic_dataset, engine, prompts_per_batch=2,
+        filter_equal_rewards=False, t_grpo={"enabled": True},
+    )  # fmt: skip
+    text = Record.model_validate({**make_text_record(3, seed=0), "answer": "D"})
+    actor.records = [text, *actor.records]
+    prompts = actor._prepare(actor._next_records())
+    assert [p.kind for p in prompts] == ["text", "video"]
+    assert prompts[0].request().video is None and "<|video_pad|>" not in prompts[0].text
+    assert "<|video_pad|>" in prompts[1].text
+    groups = asyncio.run(actor._generate_and_score(prompts, 3, 0.0))
+    assert engine.calls == [(2, 4), (1, 2)]  # both prompts ordered, one shuffled
+    by_record = {g.record_id: g for g in groups}
+    assert by_record[text.id].vision is None and by_record[text.id].meta["kind"] == "text"
+    assert "t_grpo_holds" not in by_record[text.id].meta
+    video = next(g for g in groups if g.record_id != text.id)
+    assert video.vision is not None and video.meta["kind"] == "video"
+    actor.queue = SimpleNamespace(produce=lambda group: None)
+    actor._publish(groups)
+    stats = actor.stats_.as_dict(3)
+    assert stats["groups_published_text"] == 1 and stats["groups_published_video"] == 1
