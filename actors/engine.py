@@ -71,8 +71,8 @@ class Completion:
     text: str
     finish_reason: str
     version_starts: tuple[tuple[int, int], ...] = ()
-    """(weight version, index of its first token) of every version that sampled tokens of
-    this completion, oldest first; empty when the engine reported none (one version)."""
+    """For a completion sampled across weight updates: (weight version, index of its first
+    token) of every version that sampled tokens of it, oldest first. Empty: one version."""
 
 
 @dataclass(frozen=True)
@@ -425,6 +425,8 @@ def _completion(output: Any) -> Completion:
     if len(steps) != len(ids):
         raise RuntimeError(f"vLLM returned {len(steps)} log-prob steps for {len(ids)} tokens")
     spans = getattr(output, "weight_versions", None) or ()
+    if len(spans) < 2:
+        spans = ()  # sampled by one version: the group's, nothing to record
     return Completion(
         token_ids=ids,
         logprobs=[float(step[tok].logprob) for tok, step in zip(ids, steps, strict=True)],

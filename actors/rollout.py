@@ -342,8 +342,8 @@ class RolloutActor:
             )
             for c, total, comp in zip(gen.completions, totals, components, strict=True)
         ]
-        # The oldest version that sampled any of its tokens (an update may have landed
-        # between the batch's start and its first token, or in the middle of a completion).
+        # The batch's version, or the oldest a straddling sample names if that is older: never
+        # newer than any of its tokens (staleness and admission count from it).
         oldest = [s.oldest_version for s in samples if s.oldest_version is not None]
         return RolloutGroup(
             run_id=cfg.name,

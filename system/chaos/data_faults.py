@@ -76,6 +76,8 @@ class Poison(Fault):
                 group_id=template.new_group_id(),
                 vision=vision,
                 weight_version=scene.topology.step_now,
+                # Restamped as the current version: no sample may claim an older one.
+                samples=tuple(dataclasses.replace(s, version_starts=()) for s in template.samples),
             )
             queue.produce(group)
             self.bad_groups.append(group.group_id)

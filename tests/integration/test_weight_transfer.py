@@ -242,9 +242,8 @@ def test_an_update_pauses_generation_instead_of_draining_it(engine, tiny_qwen2_5
     assert busy_s <= 1.5 * idle_s + 0.25  # (+ a margin: 2 shared cores, ~50 ms updates)
     straddling = [c for c in gen.completions if len(c.version_starts) == 2]
     assert straddling, [c.version_starts for c in gen.completions]
-    for c in gen.completions:
-        assert c.version_starts[0] == (v_old, 0)
-        assert all(v in (v_old, v_old + 1) for v, _ in c.version_starts)
+    for c in gen.completions:  # one version (nothing recorded) or the two it straddled
+        assert c.version_starts == () or [v for v, _ in c.version_starts] == [v_old, v_old + 1]
     for c in straddling:
         cut = c.version_starts[1][1]
         assert 0 < cut < len(c.token_ids)
@@ -288,7 +287,7 @@ def test_a_sender_dying_while_generation_is_paused(engine, tiny_qwen2_5_vl):
     (gen,) = loop.run_until_complete(asyncio.wait_for(generating, 300))
     assert eng.weight_version == version
     for c in gen.completions:
-        assert c.version_starts == ((version, 0),)
+        assert c.version_starts == ()  # one version throughout
     _, ids_after, after = greedy(loop, eng)
     assert ids_after == ids_before
     assert after == pytest.approx(before, abs=1e-5)
