@@ -52,7 +52,7 @@ class DatasetSpec(_Section):
     """JSONL file of records."""
     weight: float = Field(1.0, gt=0)
     """Relative sampling weight when several datasets are mixed."""
-    format: Literal["reelrl", "video_r1", "videoauto_r1"] = "reelrl"
+    format: Literal["reelrl", "video_r1", "videoauto_r1", "pause_and_think"] = "reelrl"
     """Record shape of the file; non-native shapes are converted on load."""
 
 

@@ -299,7 +299,91 @@ def from_videoauto_r1(item: Any, where: str, index: int) -> dict[str, Any] | str
     return {**record, "problem_type": "multiple_choice"}
 
 
-CONVERTERS = {"reelrl": from_native, "video_r1": from_video_r1, "videoauto_r1": from_videoauto_r1}
+_THINKING = re.compile(r"<(thinking|think)>\s*(.*?)\s*</\1>", re.DOTALL)
+_PNT_CATEGORIES = ("Factual/Past", "Future/Planning")
+
+
+def _thinking_answer(text: Any, where: str, field: str) -> tuple[str | None, str]:
+    """(reasoning, answer) of a `<thinking>…</thinking><answer>…</answer>` text (`<think>`
+    accepted too); DataError naming `field` without an answer."""
+    if not isinstance(text, str):
+        raise DataError(f"{where}: {field} must be a string, got {type(text).__name__}")
+    answer = _ANSWER_TAG.search(text)
+    if answer is None or not answer.group(1).strip():
+        raise DataError(f"{where}: {field} has no <answer>…</answer>: {text[:80]!r}")
+    thinking = _THINKING.search(text)
+    return (thinking.group(2) if thinking else None), answer.group(1).strip()
+
+
+def from_pause_and_think(item: Any, where: str, index: int) -> dict[str, Any] | str:
+    """A Pause-and-Think item: a benchmark item ({video, question_video?, question,
+    ground_truth, category}) or a LLaMA-Factory sharegpt training item ({messages, videos}).
+    The model sees the clip up to the pause: `question_video` when the item has one."""
+    if not isinstance(item, dict):
+        raise DataError(f"{where}: an item must be a JSON object, got {type(item).__name__}")
+    if "messages" in item:
+        return _pause_and_think_sft(item, where, index)
+    _require(item, where, ("video", "question", "ground_truth"))
+    reasoning, answer = _thinking_answer(item["ground_truth"], where, "ground_truth")
+    category = item.get("category")
+    if category is not None and category not in _PNT_CATEGORIES:
+        raise DataError(
+            f"{where}: category {category!r} is not one of {', '.join(_PNT_CATEGORIES)}"
+        )
+    meta: dict[str, Any] = {"full_video": item["video"], "reference": item["ground_truth"]}
+    if reasoning:
+        meta["reasoning"] = reasoning
+    if category is not None:
+        meta["category"] = category
+    return {
+        "id": str(item.get("id", f"pause_and_think-{index}")),
+        "video": item.get("question_video") or item["video"],
+        "problem_type": "free_form",
+        "question": item["question"],
+        "answer": answer,
+        "source": "pause_and_think",
+        "meta": meta,
+    }
+
+
+def _pause_and_think_sft(item: dict[str, Any], where: str, index: int) -> dict[str, Any]:
+    _require(item, where, ("messages", "videos"))
+    messages, videos = item["messages"], item["videos"]
+    if not isinstance(videos, list) or len(videos) != 1 or not isinstance(videos[0], str):
+        raise DataError(f"{where}: videos must list exactly one path, got {videos!r}")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise DataError(f"{where}: messages must be a list of {{role, content}} objects")
+    user = [m.get("content") for m in messages if m.get("role") == "user"]
+    reply = [m.get("content") for m in messages if m.get("role") == "assistant"]
+    if len(user) != 1 or len(reply) != 1 or not isinstance(user[0], str):
+        raise DataError(
+            f"{where}: messages need one user and one assistant turn, got roles "
+            f"{[m.get('role') for m in messages]}"
+        )
+    question = user[0].replace("<video>", "").strip()
+    if not question:
+        raise DataError(f"{where}: the user turn has no question besides <video>")
+    reasoning, answer = _thinking_answer(reply[0], where, "the assistant turn")
+    meta: dict[str, Any] = {"reference": reply[0]}
+    if reasoning:
+        meta["reasoning"] = reasoning
+    return {
+        "id": str(item.get("id", f"pause_and_think-sft-{index}")),
+        "video": videos[0],
+        "problem_type": "free_form",
+        "question": question,
+        "answer": answer,
+        "source": "pause_and_think",
+        "meta": meta,
+    }
+
+
+CONVERTERS = {
+    "reelrl": from_native,
+    "video_r1": from_video_r1,
+    "videoauto_r1": from_videoauto_r1,
+    "pause_and_think": from_pause_and_think,
+}
 
 
 def _require(item: Any, where: str, keys: tuple[str, ...]) -> None:

@@ -221,6 +221,83 @@ def test_videoauto_r1_unknown_shape_is_named(tmp_path):
         load_dataset(DatasetSpec(path=path, format="videoauto_r1"))
 
 
+# Shaped as Pause-and-Think's benchmark items and its LLaMA-Factory sharegpt training file.
+PAUSE_AND_THINK_BENCH = [
+    {
+        "id": "pt-0001",
+        "video": "ego/kitchen_012.mp4",
+        "question_video": "ego/kitchen_012_q.mp4",
+        "question": "What should I do next?",
+        "ground_truth": "<thinking>The kettle has boiled and the cup holds a tea bag.</thinking>"
+        "<answer>Pour the hot water from the kettle into the cup.</answer>",
+        "category": "Future/Planning",
+    },
+    {
+        "video": "ego/desk_003.mp4",
+        "question": "Where did I leave the blue pen?",
+        "ground_truth": "<thinking>It was put down next to the laptop.</thinking>"
+        "<answer>On the desk, to the right of the laptop.</answer>",
+        "category": "Factual/Past",
+    },
+]
+PAUSE_AND_THINK_SFT = [
+    {
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "<video>What should I do next?"},
+            {
+                "role": "assistant",
+                "content": "<thinking>The dough is kneaded.</thinking>"
+                "<answer>Cover the bowl and let it rest.</answer>",
+            },
+        ],
+        "videos": ["train/bake_07_q.mp4"],
+    },
+]
+
+
+def test_pause_and_think_importer(tmp_path):
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(PAUSE_AND_THINK_BENCH, indent=1))
+    first, second = load_dataset(DatasetSpec(path=str(path), format="pause_and_think")).records
+    # The model sees the clip up to the pause; the full video is kept for reference.
+    assert first.id == "pt-0001" and first.video == "ego/kitchen_012_q.mp4"
+    assert first.meta["full_video"] == "ego/kitchen_012.mp4"
+    assert first.problem_type == "free_form"
+    assert first.answer == "Pour the hot water from the kettle into the cup."
+    assert first.meta["reasoning"].startswith("The kettle has boiled")
+    assert first.meta["category"] == "Future/Planning"
+    assert second.id == "pause_and_think-1" and second.video == "ego/desk_003.mp4"
+    assert second.meta["category"] == "Factual/Past"
+    sft = _jsonl(tmp_path / "train.jsonl", PAUSE_AND_THINK_SFT)
+    (item,) = load_dataset(DatasetSpec(path=sft, format="pause_and_think")).records
+    assert item.video == "train/bake_07_q.mp4" and item.question == "What should I do next?"
+    assert item.answer == "Cover the bowl and let it rest."
+    assert item.meta["reasoning"] == "The dough is kneaded."
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ({**PAUSE_AND_THINK_BENCH[1], "ground_truth": "just pour it"},
+         r"b.json\[item 1\]: ground_truth has no <answer>"),
+        ({k: v for k, v in PAUSE_AND_THINK_BENCH[1].items() if k != "question"},
+         r"b.json\[item 1\]: missing field\(s\) question"),
+        ({**PAUSE_AND_THINK_BENCH[1], "category": "Past"},
+         r"b.json\[item 1\]: category 'Past' is not one of Factual/Past, Future/Planning"),
+        ({**PAUSE_AND_THINK_SFT[0], "videos": []},
+         r"b.json\[item 1\]: videos must list exactly one path"),
+        ({**PAUSE_AND_THINK_SFT[0], "messages": PAUSE_AND_THINK_SFT[0]["messages"][:2]},
+         r"b.json\[item 1\]: messages need one user and one assistant turn"),
+    ],
+)  # fmt: skip
+def test_pause_and_think_errors_name_file_and_item(tmp_path, item, message):
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps([PAUSE_AND_THINK_BENCH[0], item]))
+    with pytest.raises(DataError, match=message):
+        load_dataset(DatasetSpec(path=str(path), format="pause_and_think"))
+
+
 # --------------------------------------------------------------------------- mixing
 
 
