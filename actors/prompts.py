@@ -14,7 +14,9 @@ from typing import Any, Literal, Protocol
 
 from actors.rewards.extract import FALLBACK_ANSWER
 
-OutputFormat = Literal["answer_twice", "think_answer", "direct"]
+OutputFormat = Literal["answer_twice", "think_answer", "thinking_answer", "direct"]
+TAGGED = ("think_answer", "thinking_answer")
+"""Formats whose answer goes between <answer> tags."""
 
 ANSWER_TWICE_SYSTEM_PROMPT = (
     "You are a helpful assistant.\n"
@@ -39,6 +41,13 @@ THINK_ANSWER_INSTRUCTION = (
 )
 """Video-R1's think-then-answer instruction, appended to the question."""
 
+THINKING_ANSWER_INSTRUCTION = (
+    "First reason about what you see and what is happening between <thinking> and "
+    "</thinking>, then give a short answer addressed to the user between <answer> and "
+    "</answer>."
+)
+"""Pause-and-Think's template: reasoning, then a short user-addressed answer."""
+
 DIRECT_SYSTEM_PROMPT = (
     "You are a helpful assistant. Answer directly, without any reasoning, and put the answer "
     "inside \\boxed{...}."
@@ -48,6 +57,7 @@ DIRECT_SYSTEM_PROMPT = (
 SYSTEM_PROMPTS: dict[str, str] = {
     "answer_twice": ANSWER_TWICE_SYSTEM_PROMPT,
     "think_answer": THINK_ANSWER_SYSTEM_PROMPT,
+    "thinking_answer": THINK_ANSWER_SYSTEM_PROMPT,
     "direct": DIRECT_SYSTEM_PROMPT,
 }
 """System prompt per output format."""
@@ -55,7 +65,7 @@ SYSTEM_PROMPTS: dict[str, str] = {
 
 def _slot(fmt: str, example: str = "...") -> str:
     """Where the answer goes in this format: a box, or Video-R1's answer tags."""
-    if fmt == "think_answer":
+    if fmt in TAGGED:
         return f"<answer>{example}</answer>"
     return f"\\boxed{{{example}}}"
 
@@ -64,7 +74,7 @@ def answer_instruction(problem_type: str, fmt: OutputFormat) -> str:
     """What the answer must look like for this problem type, in this format's answer slot."""
     if fmt not in SYSTEM_PROMPTS:
         raise ValueError(f"unknown output format {fmt!r}")
-    where = "within the <answer> </answer> tags" if fmt == "think_answer" else "in \\boxed{}"
+    where = "within the <answer> </answer> tags" if fmt in TAGGED else "in \\boxed{}"
     instructions = {
         "multiple_choice": f"Answer with only the letter of the correct option {where}.",
         "numerical": f"Answer with only the numerical value (e.g. 42 or 3.14) {where}.",
@@ -111,6 +121,8 @@ def user_text(
         parts.append("Options:\n" + format_options(options))
     if fmt == "think_answer":
         parts.append(THINK_ANSWER_INSTRUCTION)
+    elif fmt == "thinking_answer":
+        parts.append(THINKING_ANSWER_INSTRUCTION)
     parts.append(answer_instruction(problem_type, fmt))
     return "\n".join(parts)
 

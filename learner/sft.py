@@ -36,6 +36,8 @@ def sft_target(record: Record, fmt: OutputFormat, reasoning: str | None = None) 
         return f"\\boxed{{{answer}}}<think>{thought}</think>\\boxed{{{answer}}}"
     if fmt == "think_answer":
         return f"<think>{thought}</think><answer>{answer}</answer>"
+    if fmt == "thinking_answer":
+        return f"<thinking>{thought}</thinking><answer>{answer}</answer>"
     return f"\\boxed{{{answer}}}"
 
 

@@ -186,7 +186,7 @@ def score_completion(
     else:
         answer = (
             extract_tagged_answer(text)
-            if config.format == "think_answer"
+            if config.format in ("think_answer", "thinking_answer")
             else extract_direct_answer(text)
         )
         final = grade(answer)

@@ -16,6 +16,9 @@ FALLBACK_ANSWER = "Let's analyze the problem step by step."
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
+THINKING_OPEN = "<thinking>"
+THINKING_CLOSE = "</thinking>"
+"""Pause-and-Think's reasoning tags (`thinking_answer` format)."""
 ANSWER_OPEN = "<answer>"
 ANSWER_CLOSE = "</answer>"
 

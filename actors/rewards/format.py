@@ -3,7 +3,8 @@
 answer_twice: `\\boxed{a1} <think>...</think> \\boxed{a2}` with nothing but whitespace around
 the parts, exactly one think pair, non-blank reasoning and exactly one box on each side
 (boxes inside the reasoning are allowed). think_answer (Video-R1):
-`<think>...</think> <answer>...</answer>`, one pair of each. direct: one box and nothing else.
+`<think>...</think> <answer>...</answer>`, one pair of each; thinking_answer (Pause-and-Think)
+the same with `<thinking>` tags. direct: one box and nothing else.
 Checked by string search and the linear box scanner, never by a backtracking regex.
 """
 
@@ -14,6 +15,8 @@ from actors.rewards.extract import (
     ANSWER_OPEN,
     THINK_CLOSE,
     THINK_OPEN,
+    THINKING_CLOSE,
+    THINKING_OPEN,
     find_boxes,
 )
 
@@ -45,7 +48,16 @@ def answer_twice_format(text: str) -> float:
 
 def think_answer_format(text: str) -> float:
     """1.0 for `<think>..</think><answer>..</answer>` (whitespace between parts allowed)."""
-    tags = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+    return _tagged_format(text, THINK_OPEN, THINK_CLOSE)
+
+
+def thinking_answer_format(text: str) -> float:
+    """1.0 for `<thinking>..</thinking><answer>..</answer>` (Pause-and-Think's template)."""
+    return _tagged_format(text, THINKING_OPEN, THINKING_CLOSE)
+
+
+def _tagged_format(text: str, open_tag: str, close_tag: str) -> float:
+    tags = (open_tag, close_tag, ANSWER_OPEN, ANSWER_CLOSE)
     if any(text.count(tag) != 1 for tag in tags):
         return 0.0
     positions = [text.find(tag) for tag in tags]
@@ -54,7 +66,7 @@ def think_answer_format(text: str) -> float:
     think_open, think_close, answer_open, answer_close = positions
     if text[:think_open].strip() or text[answer_close + len(ANSWER_CLOSE) :].strip():
         return 0.0
-    if text[think_close + len(THINK_CLOSE) : answer_open].strip():
+    if text[think_close + len(close_tag) : answer_open].strip():
         return 0.0
     return float(bool(text[answer_open + len(ANSWER_OPEN) : answer_close].strip()))
 
@@ -73,6 +85,7 @@ def direct_format(text: str) -> float:
 FORMAT_REWARDS = {
     "answer_twice": answer_twice_format,
     "think_answer": think_answer_format,
+    "thinking_answer": thinking_answer_format,
     "direct": direct_format,
 }
 """Format reward per `RewardsConfig.format` value."""

@@ -296,8 +296,10 @@ class LearnerConfig(_Section):
 
 
 class RewardsConfig(_Section):
-    format: Literal["answer_twice", "think_answer", "direct"] = "answer_twice"
-    """Output format: VideoAuto-R1 answer->think->answer, Video-R1 think/answer, or direct."""
+    format: Literal["answer_twice", "think_answer", "thinking_answer", "direct"] = "answer_twice"
+    """Output format: VideoAuto-R1 answer->think->answer, Video-R1 think/answer,
+    Pause-and-Think thinking/answer (`<thinking>` tags, a short user-addressed answer), or
+    direct."""
     w_a1: float = 0.9
     """Weight of the task reward of the first answer."""
     w_a2: float = 1.1

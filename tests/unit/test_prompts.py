@@ -67,6 +67,19 @@ def test_answer_twice_system_prompt_has_the_three_steps():
     assert prompt.endswith("Output format: \\boxed{...}<think>...</think>\\boxed{...}")
 
 
+def test_thinking_answer_asks_for_thinking_tags_and_a_short_answer():
+    from actors.prompts import THINKING_ANSWER_INSTRUCTION
+    from learner.sft import sft_target
+    from system.data.records import Record
+
+    text = user_text("What should I do next?", "free_form", "thinking_answer")
+    assert THINKING_ANSWER_INSTRUCTION in text and "<answer> </answer> tags" in text
+    record = Record(id="p", video="v.mp4", problem_type="free_form", question="q",
+                    answer="Pour it.", meta={"reasoning": "It boiled."})  # fmt: skip
+    target = sft_target(record, "thinking_answer")
+    assert target == "<thinking>It boiled.</thinking><answer>Pour it.</answer>"
+
+
 def test_think_answer_asks_for_tags_and_direct_for_a_box():
     text = user_text("Why?", "free_form", "think_answer")
     assert "<think>" in text and "</think>" in text

@@ -15,7 +15,12 @@ from actors.rewards import (
     score_completion,
     temporal_contrast,
 )
-from actors.rewards.format import answer_twice_format, direct_format, think_answer_format
+from actors.rewards.format import (
+    answer_twice_format,
+    direct_format,
+    think_answer_format,
+    thinking_answer_format,
+)
 from actors.rewards.math_grader import MAX_MATH_CHARS, MathVerifier
 from system.config import RewardsConfig, TGRPOConfig
 
@@ -191,6 +196,23 @@ def test_think_answer_and_direct_formats():
     direct = RewardsConfig(format="direct")
     assert score_completion(r"\boxed{B}", MC, direct).total == pytest.approx(2.0)
     assert score_completion("B", MC, direct).total == pytest.approx(1.0)
+
+
+def test_pause_and_think_thinking_answer_format():
+    good = "<thinking>The kettle boiled.</thinking> <answer>Pour the water.</answer>"
+    assert thinking_answer_format(good) == 1.0
+    assert think_answer_format(good) == 0.0  # the other template's tags
+    assert thinking_answer_format("<think>x</think><answer>y</answer>") == 0.0
+    assert thinking_answer_format("<answer>y</answer><thinking>x</thinking>") == 0.0
+    assert thinking_answer_format("<thinking>x</thinking><answer> </answer>") == 0.0
+    target = RewardTarget.from_fields("free_form", "Pour the hot water into the cup.")
+    config = RewardsConfig(format="thinking_answer")
+    score = score_completion(
+        "<thinking>It boiled.</thinking><answer>Pour the hot water into the cup.</answer>",
+        target, config,
+    )  # fmt: skip
+    assert score.components == {"task": 1.0, "format": 1.0}
+    assert score_completion("Pour the hot water into the cup.", target, config).total < 1.0
 
 
 def test_unknown_problem_type_is_rejected():
