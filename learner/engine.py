@@ -30,20 +30,23 @@ TRAINABLE_VISION = ("model.visual.merger.",)
 """Parameters under model.visual that train (the projector); the rest of the tower is frozen."""
 
 
-def is_trainable(name: str) -> bool:
-    """Whether parameter `name` trains: everything outside the vision tower, plus the projector."""
+def is_trainable(name: str, projector: bool = True) -> bool:
+    """Whether parameter `name` trains under a frozen tower: everything outside the vision
+    tower, plus the projector unless it is frozen too (`projector=False`)."""
     if not name.startswith("model.visual."):
         return True
-    return name.startswith(TRAINABLE_VISION)
+    return projector and name.startswith(TRAINABLE_VISION)
 
 
-def exported(include_frozen: bool, freeze_vision: bool) -> Callable[[str], bool]:
+def exported(
+    include_frozen: bool, freeze_vision: bool, freeze_projector: bool = False
+) -> Callable[[str], bool]:
     """Which parameters an export sends: all of them the first time (`include_frozen`) or
     when the vision tower trains; otherwise the trainable ones only (the frozen tower cannot
     have changed since the first export)."""
     if include_frozen or not freeze_vision:
         return lambda _: True
-    return is_trainable
+    return lambda name: is_trainable(name, not freeze_projector)
 
 
 def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int) -> str:
@@ -108,7 +111,8 @@ def load_model(
     model.config.use_cache = False
     model.config.get_text_config().use_cache = False  # what the language model reads
     for name, param in model.named_parameters():
-        param.requires_grad_(trainable and (is_trainable(name) or not config.freeze_vision))
+        trains = is_trainable(name, not config.freeze_projector) or not config.freeze_vision
+        param.requires_grad_(trainable and trains)
     if trainable and config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not trainable:

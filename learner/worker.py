@@ -347,7 +347,8 @@ class LearnerWorker:
         the frozen tower; later ones only the trainable parameters (everything, the vision
         tower included, when it trains: `model.freeze_vision: false`)."""
         t0 = time.perf_counter()
-        keep = eng.exported(include_frozen, self.config.model.freeze_vision)
+        model = self.config.model
+        keep = eng.exported(include_frozen, model.freeze_vision, model.freeze_projector)
         ws = self.config.weight_sync
         out = export_weights(
             self.engine.module, self.sender, self.state.step, keep, ws.bucket_mb << 20,

@@ -39,6 +39,9 @@ class ModelConfig(_Section):
     """Parameter dtype: auto = bfloat16 on GPU, float32 on CPU."""
     freeze_vision: bool = True
     """Freeze the whole vision tower (projector/merger and LLM train)."""
+    freeze_projector: bool = False
+    """With `freeze_vision`, freeze the projector (merger) too: only the language model
+    trains (Pause-and-Think's recipe)."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass to save memory."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None

@@ -48,6 +48,15 @@ def test_exports_send_the_tower_every_time_when_it_trains():
     assert eng.exported(include_frozen=False, freeze_vision=False)(tower)
 
 
+def test_a_frozen_projector_trains_and_exports_only_the_language_model():
+    merger, llm = "model.visual.merger.linear_fc1.weight", "model.language_model.norm.weight"
+    assert eng.is_trainable(merger) and not eng.is_trainable(merger, projector=False)
+    assert eng.is_trainable(llm, projector=False)
+    later = eng.exported(include_frozen=False, freeze_vision=True, freeze_projector=True)
+    assert later(llm) and not later(merger)
+    assert eng.exported(include_frozen=False, freeze_vision=True)(merger)
+
+
 def test_zero3_buffers_sized_from_the_hidden_size():
     config = eng.ds_config(LearnerConfig(), 2, torch.bfloat16, True, hidden=2048)
     zero = config["zero_optimization"]
