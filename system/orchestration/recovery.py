@@ -62,6 +62,7 @@ class Processes(Protocol):
     def stop_learners(self, graceful: bool = True) -> None: ...
     def resume(self) -> int: ...
     def new_sender(self, address: str, port: int) -> LazySender: ...
+    def replace_actor(self, index: int) -> Any: ...
     def export_weights(self, full: bool = True) -> float: ...
     def clear_interrupt(self) -> None: ...
 
@@ -157,6 +158,7 @@ def await_actors(topology: Processes) -> None:
     actors = topology.actors
     deadline = time.monotonic() + ACTOR_START_S
     node = NodeWait(topology.config)
+    replaced: dict[int, int] = {}
     refs = {i: a.start.remote() for i, a in enumerate(actors)}
     while refs:
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=10)
@@ -169,11 +171,21 @@ def await_actors(topology: Processes) -> None:
                 time.sleep(1.0)  # still restarting: ask again
                 refs[i] = actors[i].start.remote()
             except ray.exceptions.RayActorError as exc:
-                raise RecoveryError(
-                    f"rollout actor {i} died for good ({first_line(exc)}); it was restarted "
-                    f"rollout.max_restarts={topology.config.rollout.max_restarts} times. "
-                    "Resume the run with --resume"
-                ) from None
+                if not node.replaceable(i, replaced):
+                    raise RecoveryError(
+                        f"rollout actor {i} died for good ({first_line(exc)}); it was "
+                        f"restarted rollout.max_restarts={topology.config.rollout.max_restarts} "
+                        "times. Resume the run with --resume"
+                    ) from None
+                # Pinned to a node pool: Ray may spend the actor's restarts on a node that
+                # left before the cluster marks it dead. A fresh actor takes the next node
+                # offering the label (the wait for one stays bounded by node_wait_s).
+                replaced[i] = replaced.get(i, 0) + 1
+                print(
+                    f"rollout actor {i}: Ray gave up restarting it ({first_line(exc)}); "
+                    f"starting a fresh one ({replaced[i]} of {node.replacements})", flush=True,
+                )  # fmt: skip
+                refs[i] = topology.replace_actor(i).start.remote()
         for i in refs:
             node.check(i)
         if refs and time.monotonic() > deadline:
@@ -193,8 +205,16 @@ class NodeWait:
     def __init__(self, config: RunConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.label = config.resources.rollout_node_label
         self.wait_s = config.resources.node_wait_s
+        self.replacements = config.rollout.max_restarts
+        """Fresh actors per index a recovery may start after Ray gave up on one."""
         self.clock = clock
         self.since: float | None = None
+
+    def replaceable(self, index: int, replaced: dict[int, int]) -> bool:
+        """Whether a rollout actor Ray stopped restarting gets a fresh one: only when the
+        actors are pinned to a node pool (their node may have left), at most `replacements`
+        times per actor."""
+        return bool(self.label) and replaced.get(index, 0) < self.replacements
 
     def check(self, index: int) -> None:
         import ray

@@ -102,6 +102,8 @@ class Topology:
         self.backend = backend
         self.learners: list[Any] = []
         self.actors: list[Any] = []
+        self._actor_places: list[tuple[Any, list[int]]] = []
+        """Each rollout actor's scheduling strategy and worker bundles (to replace one)."""
         self.actor_runs: list[Any] = []
         self.groups: list[Any] = []
         self.learner_group: Any = None
@@ -470,13 +472,36 @@ class Topology:
             role="rollout", bundles=bundles,
         )  # fmt: skip
         self.groups.append(group)
-        self.actors = []
-        for i in range(n):
-            strategy = PlacementGroupSchedulingStrategy(
-                group, workers[i][0], placement_group_capture_child_tasks=len(workers[i]) > 1
+        self._actor_places = [
+            (
+                PlacementGroupSchedulingStrategy(
+                    group, bundles_of[0], placement_group_capture_child_tasks=len(bundles_of) > 1
+                ),
+                bundles_of,
             )
-            self.actors.append(remote_rollout_actor(cfg, i, n, strategy, workers[i]))
+            for bundles_of in workers
+        ]
+        self.actors = [
+            remote_rollout_actor(cfg, i, n, strategy, bundles_of)
+            for i, (strategy, bundles_of) in enumerate(self._actor_places)
+        ]
         return [a.start.remote() for a in self.actors]
+
+    def replace_actor(self, index: int) -> Any:
+        """A fresh rollout actor `index` in its placement-group bundle, in place of one Ray
+        stopped restarting (recovery: its node left before the cluster marked it dead)."""
+        import ray
+
+        from actors.rollout import remote_rollout_actor
+
+        try:
+            ray.kill(self.actors[index], no_restart=True)
+        except Exception as exc:  # already gone: nothing to stop
+            log.debug("rollout actor %d was gone already: %s", index, exc)
+        strategy, bundles_of = self._actor_places[index]
+        n = len(self.actors)
+        self.actors[index] = remote_rollout_actor(self.config, index, n, strategy, bundles_of)
+        return self.actors[index]
 
     def new_sender(self, address: str, port: int) -> LazySender:
         from functools import partial

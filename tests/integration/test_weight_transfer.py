@@ -129,6 +129,42 @@ def test_sampled_logprobs_are_the_learners_at_the_temperature(engine, tiny_qwen2
         assert max(abs(a - b) for a, b in zip(c.logprobs, untempered, strict=True)) > 10 * ATOL
 
 
+def test_a_text_only_record_through_the_rollout_actor(engine, tiny_qwen2_5_vl):
+    """A text-only record in a GRPO batch on the real engine (before any update: the base
+    weights): a group without vision whose prompt has no video placeholder, and whose
+    behaviour log-probs are transformers' for those weights (the learner scores the same ids
+    the same way)."""
+    from transformers import AutoProcessor
+
+    from actors.rollout import RolloutActor
+    from system.data.records import Record
+    from system.data.synthetic import make_text_record
+
+    loop, eng = engine
+    assert eng.weight_version == 0
+    config = RunConfig.model_validate(
+        {
+            "model": {"path": str(tiny_qwen2_5_vl)},
+            "rollout": {"group_size": 2, "prompts_per_batch": 1, "max_model_len": 1024,
+                        "filter_equal_rewards": False, "sampling": {"max_new_tokens": 16}},
+        }
+    )  # fmt: skip
+    actor = RolloutActor(config, records=[Record.model_validate(make_text_record(0, seed=0))])
+    actor.engine = eng
+    actor.processor = AutoProcessor.from_pretrained(tiny_qwen2_5_vl)
+    (prompt,) = actor._prepare(actor._next_records())
+    (group,) = loop.run_until_complete(actor._generate_and_score([prompt], 0, 0.0))
+    assert group.vision is None and group.meta["kind"] == "text"
+    prompt_ids = group.prompt_ids.tolist()
+    assert actor.processor.tokenizer.convert_tokens_to_ids("<|video_pad|>") not in prompt_ids
+    model = _base(tiny_qwen2_5_vl)
+    for sample in group.samples:
+        ids = sample.completion_ids.tolist()
+        assert sample.logprobs.tolist() == pytest.approx(
+            hf_logprobs(model, prompt_ids, ids), abs=ATOL
+        )
+
+
 def test_update_matches_transformers(engine, tiny_qwen2_5_vl):
     loop, eng = engine
     prompt_ids, ids0, before = greedy(loop, eng)
