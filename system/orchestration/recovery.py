@@ -181,6 +181,9 @@ def await_actors(topology: Processes) -> None:
                 # left before the cluster marks it dead. A fresh actor takes the next node
                 # offering the label (the wait for one stays bounded by node_wait_s).
                 replaced[i] = replaced.get(i, 0) + 1
+                # Time for the cluster to mark the lost node dead, so that the fresh actor
+                # waits for a node rather than being tried on the same one again.
+                time.sleep(REPLACE_BACKOFF_S * replaced[i])
                 print(
                     f"rollout actor {i}: Ray gave up restarting it ({first_line(exc)}); "
                     f"starting a fresh one ({replaced[i]} of {node.replacements})", flush=True,
@@ -194,6 +197,10 @@ def await_actors(topology: Processes) -> None:
             )
         if refs:
             collect([w.touch.remote() for w in topology.learners])
+
+
+REPLACE_BACKOFF_S = 5.0
+"""Wait before replacing a rollout actor Ray gave up on, times the replacement's number."""
 
 
 class NodeWait:

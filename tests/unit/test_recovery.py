@@ -108,8 +108,10 @@ def test_a_pinned_actor_ray_gave_up_on_is_replaced(monkeypatch, capsys):
     """Ray spent an actor's restarts on a node that left before the cluster marked it dead:
     recovery starts a fresh actor in its bundle (a node offering the label takes it), up to
     rollout.max_restarts times; unpinned actors still stop the run."""
+    import system.orchestration.recovery as recovery
     from system.orchestration.recovery import await_actors
 
+    monkeypatch.setattr(recovery, "REPLACE_BACKOFF_S", 0.0)
     _fake_ray(monkeypatch)
     pinned = load_config(CONFIG, ["resources.rollout_node_label=rollout", "rollout.max_restarts=2"])
     topology = _Topology(pinned)
