@@ -178,9 +178,11 @@ def test_every_component_ran(debug_run):
     assert all(r["weight_sync_s"] > 0 for r in rows)
     assert list((rl / "tensorboard").glob("events.out.tfevents.*"))
     assert (latest(rl / "checkpoints") / "hf" / "config.json").is_file()
-    # Held-out evaluation before the first GRPO step and after the last (none at the stop).
+    # Held-out evaluation before the first GRPO step, every eval.every_steps (20) and after the
+    # last (none at the stop); the report plots each task at every one of them.
     evals = sorted(p.name for p in (rl / "eval").iterdir())
-    assert evals == ["step_000000.json", f"step_{RL_STEPS:06d}.json"]
+    assert evals == ["step_000000.json", "step_000020.json", f"step_{RL_STEPS:06d}.json"]
+    assert (run / "plots" / "rl_tasks.png").is_file()
     after = json.loads((rl / "eval" / f"step_{RL_STEPS:06d}.json").read_text())
     assert after["modes"]["always_think"]["n"] == 200 and after["weight_version"] == RL_STEPS
     assert (run / "report.md").is_file() and (run / "plots" / "rl_reward.png").is_file()
@@ -208,7 +210,11 @@ def test_a_lost_node_is_waited_for_and_the_run_goes_on_when_it_returns(debug_run
     out = debug_run.resumed.stdout
     assert WAITING in out, out[-3000:]
     assert "a node offering 'node_b' joined: rollout actor 0 restarts there" in out
-    assert "re-forming the weight-sync group: a rollout actor died" in out
+    # Found by the push (the engine is restarting) or by the actor's loop (it died), whichever
+    # comes first after the node left.
+    assert re.search(
+        r"re-forming the weight-sync group: (a rollout actor died|weight push failed)", out
+    )
     # Nothing lost, nothing twice across the loss: test_every_component_ran reads the journal
     # and the accounting of this same run.
 
