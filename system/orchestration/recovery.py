@@ -127,9 +127,9 @@ def actor_stats(actors: list[Any], timeout_s: float = ACTOR_START_S) -> list[dic
             time.sleep(1.0)
 
 
-def resync(topology: Processes, reason: str, attempts: int = 3) -> None:
+def resync(topology: Processes, reason: str, attempts: int = 3) -> float:
     """Re-form the weight-sync group (every engine up, a new sender on rank 0), push the
-    full weights and restart the loops of actors that died."""
+    full weights and restart the loops of actors that died; the push's seconds."""
     started = time.time()
     print(f"re-forming the weight-sync group: {reason}", flush=True)
     for attempt in range(1, attempts + 1):
@@ -139,7 +139,7 @@ def resync(topology: Processes, reason: str, attempts: int = 3) -> None:
         sender = topology.new_sender(address, port)
         collect([topology.learners[0].replace_sender.remote(sender)])
         try:
-            topology.export_weights()
+            pushed_s = topology.export_weights()
             break
         except WeightSyncError as exc:
             if attempt == attempts:
@@ -148,6 +148,7 @@ def resync(topology: Processes, reason: str, attempts: int = 3) -> None:
     for i in dead:
         topology.actor_runs[i] = topology.actors[i].run.remote()
     _record(topology, "weight_sync", reason, started)
+    return pushed_s
 
 
 def await_actors(topology: Processes) -> None:

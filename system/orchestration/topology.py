@@ -254,13 +254,14 @@ class Topology:
         return metrics
 
     def _push_after_step(self, metrics: dict[str, float]) -> None:
+        # A re-formed group pushes the whole version: that push is this step's weight sync.
         if dead_actors(self.actor_runs):
-            resync(self, "a rollout actor died and was restarted")
+            metrics["weight_sync_s"] = resync(self, "a rollout actor died and was restarted")
         elif self.step_now % self.config.weight_sync.every_steps == 0:
             try:
                 metrics["weight_sync_s"] = self.export_weights(full=False)
             except WeightSyncError as exc:
-                resync(self, f"weight push failed: {exc}")
+                metrics["weight_sync_s"] = resync(self, f"weight push failed: {exc}")
 
     def _handover(self) -> Handover:
         import ray
