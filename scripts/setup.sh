@@ -33,11 +33,11 @@ fi
 
 [[ -x "$VENV/bin/python" ]] || "$UV" venv --quiet --python "$PY" "$VENV"
 
-echo "setup: installing reelrl[$flavor,dev] into $VENV (first run downloads a few GB)"
+echo "setup: installing reelrl[$flavor,dev,bench] into $VENV (first run downloads a few GB)"
 # Bytecode compiled once here: every process a run starts (Ray actors, engine cores, learner
 # ranks) imports torch, transformers and vLLM, and without .pyc files (or where
 # PYTHONDONTWRITEBYTECODE is set) each one compiles their sources again.
-args=(pip install --python "$VENV/bin/python" --compile-bytecode -e ".[$flavor,dev]")
+args=(pip install --python "$VENV/bin/python" --compile-bytecode -e ".[$flavor,dev,bench]")
 [[ $flavor == cpu ]] && args+=(--override scripts/overrides-cpu.txt)
 DS_BUILD_OPS=0 "$UV" "${args[@]}"
 

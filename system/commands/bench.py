@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "learner": "learner",
     "rollout": "rollout",
     "run": "run",
+    "peer": "peer",
 }
 
 
