@@ -38,7 +38,9 @@ import numpy as np
 from actors.engine import EngineRequest, Generation, RolloutEngine, SampleSpec
 from actors.inputs import Prompt, prepare
 from actors.rewards import has_signal, score_completion, temporal_contrast
+from actors.rewards.composite import graded_answers
 from actors.rewards.extract import THINK_OPEN
+from actors.rewards.judge import JudgeItem
 from system.config import RunConfig
 from system.data.records import Record, load_shard
 from system.transport.keys import read_version
@@ -85,6 +87,12 @@ class RolloutStats:
     last_weight_update_failure: float = 0.0
     published_by_kind: dict[str, int] = field(default_factory=dict)
     """Groups published per prompt kind (video, text)."""
+    unjudged: int = 0
+    """Groups not published because the judge could not score them (their records retried
+    up to `rewards.judge.retries` times)."""
+    judge_retried: int = 0
+    judge_skipped: int = 0
+    """Records given up on after their retries were spent unjudged."""
 
     def as_dict(self, weight_version: int) -> dict[str, float]:
         n = max(self.completions, 1)
@@ -107,6 +115,9 @@ class RolloutStats:
             "last_weight_update_failure": self.last_weight_update_failure,
             "weight_version": weight_version,
             **{f"groups_published_{k}": v for k, v in sorted(self.published_by_kind.items())},
+            "groups_unjudged": self.unjudged,
+            "judge_retried": self.judge_retried,
+            "judge_skipped": self.judge_skipped,
         }
 
 
@@ -149,6 +160,11 @@ class RolloutActor:
         self._batch = 0
         self._required_version = 0
         self.stats_ = RolloutStats()
+        self.judge: Any = None
+        self._retry: list[tuple[Record, int]] = []
+        """Records whose groups the judge could not score, with their tries so far."""
+        self._tries: dict[int, int] = {}
+        """Tries so far of the current batch's retried records, by id()."""
 
     async def start(self, engine: RolloutEngine | None = None) -> int:
         """Start the engine, connect to Redis; returns the weight version it must reach
@@ -167,6 +183,10 @@ class RolloutActor:
         self.redis = retrying("connect", lambda: connect(cfg.queue), cfg.queue.reconnect_max_s)
         self.queue = RolloutQueue(self.redis, cfg.name, cfg.queue)
         self.engine = engine or VLLMEngine.create(cfg, seed_offset=self.index)
+        if self.judge is None:
+            from actors.judge import make_judge
+
+            self.judge = await make_judge(cfg)
         key = self.queue.keys.weights_version
         self._required_version = self._redis(
             "weights version", lambda: read_version(self.redis, key)
@@ -246,9 +266,14 @@ class RolloutActor:
             self.stats_.published_by_kind[kind] = self.stats_.published_by_kind.get(kind, 0) + 1
 
     def _next_records(self) -> list[Record]:
+        """The next batch: records to retry first (unjudged before), then the shard in turn."""
         n = self.config.rollout.prompts_per_batch
-        picked = [self.records[(self._cursor + i) % len(self.records)] for i in range(n)]
-        self._cursor = (self._cursor + n) % len(self.records)
+        retried, self._retry = self._retry[:n], self._retry[n:]
+        self._tries = {id(r): tries for r, tries in retried}
+        picked = [r for r, _ in retried]
+        fresh = n - len(picked)
+        picked += [self.records[(self._cursor + i) % len(self.records)] for i in range(fresh)]
+        self._cursor = (self._cursor + fresh) % len(self.records)
         return picked
 
     def _prepare(self, records: list[Record]) -> list[Prompt]:
@@ -294,12 +319,59 @@ class RolloutActor:
         if t_grpo:
             for i, gen in zip(videos, results[1], strict=True):
                 shuffled_gens[i] = gen
+        judged = await self._judge(prompts, results[0], shuffled_gens)
         groups = []
-        for prompt, gen, mixed in zip(prompts, results[0], shuffled_gens, strict=True):
-            group = self._group(prompt, gen, mixed, version, created)
+        for prompt, gen, mixed, scores in zip(
+            prompts, results[0], shuffled_gens, judged, strict=True
+        ):
+            if scores is None:
+                self._unjudged(prompt.record)
+                continue
+            group = self._group(prompt, gen, mixed, version, created, scores or None)
             if group is not None:
                 groups.append(group)
         return groups
+
+    async def _judge(
+        self, prompts: list[Prompt], gens: list[Generation], mixed: list[Generation | None]
+    ) -> list[dict[str, float] | None]:
+        """Judge scores of the free-form prompts' answers (answer -> score); {} for prompts
+        graded without a judge, None for a prompt whose answers the judge left unjudged."""
+        out: list[dict[str, float] | None] = [{} for _ in prompts]
+        if self.judge is None:
+            return out
+        items, owners = [], []
+        for i, prompt in enumerate(prompts):
+            if prompt.record.problem_type != "free_form":
+                continue
+            texts = [c.text for g in (gens[i], mixed[i]) if g is not None for c in g.completions]
+            answers = {a for t in texts for a in graded_answers(t, self.config.rewards)}
+            for answer in sorted(answers):
+                items.append(JudgeItem(prompt.record.question, prompt.record.answer, answer))
+                owners.append(i)
+        scores = await self.judge.scores(items)
+        for item, owner, score in zip(items, owners, scores, strict=True):
+            slot = out[owner]
+            if slot is None:
+                continue
+            if score is None:
+                out[owner] = None
+            else:
+                slot[item.answer] = score
+        return out
+
+    def _unjudged(self, record: Record) -> None:
+        """A group the judge could not score: not published; its record is tried again in a
+        later batch, or skipped once its retries are spent."""
+        self.stats_.unjudged += 1
+        tries = self._tries.get(id(record), 0)
+        if tries < self.config.rewards.judge.retries:
+            self._retry.append((record, tries + 1))
+            self.stats_.judge_retried += 1
+        else:
+            self.stats_.judge_skipped += 1
+            log.warning("record %s skipped: the judge could not score it %d times",
+                        record.id, tries + 1)  # fmt: skip
 
     def _group(
         self,
@@ -308,15 +380,20 @@ class RolloutActor:
         mixed: Generation | None,
         version: int,
         created: float,
+        judged: dict[str, float] | None = None,
     ) -> RolloutGroup | None:
         cfg = self.config
-        scores = [score_completion(c.text, prompt.target, cfg.rewards) for c in gen.completions]
+        scores = [
+            score_completion(c.text, prompt.target, cfg.rewards, judged=judged)
+            for c in gen.completions
+        ]
         totals = [s.total for s in scores]
         components = [dict(s.components) for s in scores]
         meta: dict[str, Any] = {"actor": self.index, "kind": prompt.kind}
         if mixed is not None:
             shuffled_scores = [
-                score_completion(c.text, prompt.target, cfg.rewards) for c in mixed.completions
+                score_completion(c.text, prompt.target, cfg.rewards, judged=judged)
+                for c in mixed.completions
             ]
             contrast = temporal_contrast(
                 [s.accuracy for s in scores],
@@ -401,6 +478,10 @@ class RolloutActor:
         version = self.engine.weight_version if self.engine is not None else 0
         out = self.stats_.as_dict(version)
         out["queue_retries"] = self.queue.retries if self.queue is not None else 0
+        if self.judge is not None:
+            j = self.judge.stats
+            out.update(judge_answers=j.judged, judge_cached=j.cached, judge_unparsed=j.unparsed,
+                       judge_missing=j.missing, judge_s=j.seconds)  # fmt: skip
         return out
 
     # ----------------------------------------------------------------------- weight sync

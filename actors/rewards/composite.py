@@ -151,13 +151,29 @@ def is_correct(reward: float, problem_type: str) -> bool:
     return reward >= CORRECT_AT[problem_type] - 1e-9
 
 
+def graded_answers(text: str, config: RewardsConfig) -> list[str]:
+    """The answers `score_completion` grades in `text` (both answers of answer_twice, else
+    the one): what a judge is asked about, for free-form records."""
+    if config.format == "answer_twice":
+        answers = extract_two_answers(text)
+        found = [answers.a1, answers.a2]
+    elif config.format in ("think_answer", "thinking_answer"):
+        found = [extract_tagged_answer(text)]
+    else:
+        found = [extract_direct_answer(text)]
+    return [a for a in found if a is not None]
+
+
 def score_completion(
     text: str,
     target: RewardTarget,
     config: RewardsConfig,
     verifier: MathVerifier | None = None,
+    judged: Mapping[str, float] | None = None,
 ) -> CompletionScore:
-    """Score a completion for its record under the configured output format and weights."""
+    """Score a completion for its record under the configured output format and weights.
+    `judged` (answer -> judge score in [0, 1]) grades the answers of a free-form record in
+    place of ROUGE-L."""
     if config.compat == "videoauto_r1":
         upstream = score_videoauto_r1(text, target, config, verifier)
         return CompletionScore(
@@ -169,6 +185,8 @@ def score_completion(
     fmt = FORMAT_REWARDS[config.format](text)
 
     def grade(answer: str | None) -> float:
+        if judged is not None and target.problem_type == "free_form" and answer in judged:
+            return judged[answer]
         return task_reward(answer, target, config.math_timeout_s, verifier)
 
     if config.format == "answer_twice":

@@ -298,6 +298,48 @@ class LearnerConfig(_Section):
     """Extra keys merged into the generated DeepSpeed config."""
 
 
+class JudgeConfig(_Section):
+    """A judge for free-form answers (`problem_type: free_form`): it scores each answer against
+    the reference on a rubric (action 0.6, location 0.2, object properties 0.2, as
+    Pause-and-Think evaluates), replacing ROUGE-L as their task reward."""
+
+    backend: Literal["none", "vllm", "http", "rule"] = "none"
+    """none: ROUGE-L (no judge); vllm: a model directory served by vLLM in a Ray actor of
+    its own; http: an OpenAI-compatible chat-completions endpoint; rule: a rule-based
+    stand-in (word overlap per rubric item) for CPU debug runs, labelled as such wherever
+    its scores are reported."""
+    model: str | None = None
+    """vllm: the judge model's directory (any local HF model); http: the model name sent."""
+    url: str | None = None
+    """http: the endpoint's base URL (…/v1), e.g. a vLLM `vllm serve` of the judge model."""
+    api_key_env: str = "REELRL_JUDGE_API_KEY"
+    """http: environment variable holding the endpoint's API key (unset: none sent)."""
+    timeout_s: float = Field(60.0, gt=0)
+    """Longest wait for one batch of judgements; a judge that is slower, down or dead leaves
+    those answers unjudged (their groups are retried, see `retries`), it never stalls the run."""
+    retries: int = Field(1, ge=0)
+    """How many times a record whose group could not be judged is tried again in a later
+    batch before it is skipped (counted as unjudged either way)."""
+    max_tokens: int = Field(48, ge=8)
+    """Tokens the judge may write (its reply is three short `name: N` lines)."""
+    cache_size: int = Field(100_000, ge=0)
+    """Judgements kept by (question, answer): a repeated answer is not judged again."""
+    gpus: float = Field(0.0, ge=0)
+    """vllm: GPUs of the judge's actor (0 on CPU)."""
+    max_model_len: int = Field(4096, ge=256)
+    """vllm: the judge engine's context length."""
+
+    @model_validator(mode="after")
+    def _backend_has_what_it_needs(self) -> JudgeConfig:
+        if self.backend == "vllm" and not self.model:
+            raise ValueError("rewards.judge.backend='vllm' needs rewards.judge.model (a directory)")
+        if self.backend == "http" and not (self.url and self.model):
+            raise ValueError(
+                "rewards.judge.backend='http' needs rewards.judge.url and rewards.judge.model"
+            )
+        return self
+
+
 class RewardsConfig(_Section):
     format: Literal["answer_twice", "think_answer", "thinking_answer", "direct"] = "answer_twice"
     """Output format: VideoAuto-R1 answer->think->answer, Video-R1 think/answer,
@@ -313,6 +355,8 @@ class RewardsConfig(_Section):
     """Bonus when a1 is the fallback phrase and a2 is correct."""
     math_timeout_s: float = Field(5.0, gt=0)
     """Timeout of one math-verify comparison."""
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    """The judge of free-form answers (default none: ROUGE-L)."""
     compat: Literal["reelrl", "videoauto_r1"] = "reelrl"
     """Whose training-reward rules: reelrl's graders, or videoauto_r1 = the released VideoAuto-R1
     reward code reproduced exactly (answer_twice only; its hard-coded fallback bonus, 0.3/1.1
