@@ -12,8 +12,9 @@ model worker runs inside the engine-core process (vLLM's `uni` executor) instead
 process: one interpreter fewer to start (about 25 s of imports on a 2-core host) and no
 per-step hop between engine core and worker. A weight update pauses generation rather than
 draining it: `start_weight_update` freezes the requests in flight where they are (vLLM's
-`pause_generation(mode="keep")`, their KV cache dropped), the update loads, and the requests
-resume under the new weights (their prefix recomputed with them) once it finishes or fails.
+keep mode), drops every cache the old weights computed (KV and prefix cache, encoder cache;
+also on an idle engine), the update loads, and the requests resume under the new weights
+(their prefix recomputed with them) once it finishes or fails.
 A completion that straddles an update says which tokens each version sampled (vLLM's own
 weight-version spans, `Completion.version_starts`); every token's behaviour log-prob is the one
 vLLM sampled it with.
@@ -324,12 +325,10 @@ class VLLMEngine:
             self._updating = True
             busy = self._in_flight > 0
         try:
-            if busy:
-                # The requests in flight stay where they are; their KV cache (old weights)
-                # is dropped so that they resume on a prefix recomputed with the new weights.
-                # (Idle, there is nothing to pause: new requests wait in `generate`.)
-                await _pause_keeping_requests(self.llm)
-                self._paused = True
+            # Busy: the requests in flight stay where they are (idle, new requests wait in
+            # `generate`). Either way every cache the old weights computed goes.
+            self._paused = busy  # resumed by `_end_update`, whatever fails from here
+            await _hold_for_update(self.llm, busy)
             await self.llm.start_weight_update()
         except BaseException:
             await self._end_update()
@@ -389,16 +388,26 @@ class VLLMEngine:
         self.llm.shutdown()
 
 
-async def _pause_keeping_requests(llm: Any) -> None:
-    """vLLM's `pause_generation(mode="keep", clear_cache=True)` without the 20 ms sleep it
-    adds "for more intuitive ordering of events" (not needed for correctness, its comment
-    says): both multimodal caches and the KV cache cleared, the requests kept."""
-    renderer, core = getattr(llm, "renderer", None), getattr(llm, "engine_core", None)
-    if renderer is None or not hasattr(core, "pause_scheduler_async"):
-        await llm.pause_generation(mode="keep", clear_cache=True)
-        return
-    await renderer.clear_mm_cache_async()
-    await core.pause_scheduler_async(mode="keep", clear_cache=True)
+async def _hold_for_update(llm: Any, busy: bool) -> None:
+    """Before new weights load: the requests in flight (`busy`) paused where they are (vLLM's
+    keep mode, without the 20 ms sleep `pause_generation` adds "for more intuitive ordering of
+    events"), and every cache the old weights computed dropped, idle or not: the KV and prefix
+    cache (a prompt prefix cached before the update would otherwise be reused with the new
+    weights; paused requests recompute theirs on resume) and the encoder cache (vision
+    embeddings). The multimodal input caches stay: they hold processed pixels, which do not
+    depend on the weights, and clearing them while requests are in flight desynchronises
+    vLLM's front-end and engine-core copies — an item the front end sends as a cache hit
+    after the core dropped it kills the engine ("Expected number of multimodal embeddings
+    to match number of input items"), as repeated videos (several questions per clip) do."""
+    core = getattr(llm, "engine_core", None)
+    if busy:
+        if hasattr(core, "pause_scheduler_async"):
+            await core.pause_scheduler_async(mode="keep", clear_cache=False)
+        else:
+            await llm.pause_generation(mode="keep", clear_cache=False)
+    if not await llm.reset_prefix_cache(reset_running_requests=True, reset_connector=True):
+        raise RuntimeError("vLLM could not reset its prefix cache before a weight update")
+    await llm.reset_encoder_cache()
 
 
 def _sampling_params(spec: SampleSpec, banned: Sequence[int] = ()) -> Any:

@@ -16,18 +16,33 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from actors.engine import RolloutEngine
+from actors.engine import RolloutEngine, SampleSpec
 from actors.gating import GatedInference, Inference, Mode, result
 from actors.inputs import prepare, reward_target
 from actors.rewards import is_correct, task_reward
-from actors.rewards.composite import MAX_TASK_REWARD
+from actors.rewards.composite import MAX_TASK_REWARD, graded_answers
+from actors.rewards.judge import JudgeItem
 from system.config import RunConfig
 from system.data.records import Record
 
+ANSWER_MODE = "answer"
+"""The one mode of a run whose output format is not answer_twice: a greedy reply in it."""
+
+
+def eval_modes(config: RunConfig) -> list[str]:
+    """The modes a run is evaluated in: VideoAuto-R1's three (`eval.modes`) for the
+    answer_twice format, else `answer`."""
+    if config.rewards.format == "answer_twice":
+        return list(config.eval.modes)
+    return [ANSWER_MODE]
+
 
 def task_name(record: Record) -> str:
-    """The task a record belongs to: its source's last part ('synthetic/count' -> 'count'),
-    else its problem type."""
+    """The task a record belongs to: its category (Pause-and-Think's `Factual/Past`, ...)
+    when it has one, else its source's last part ('synthetic/count' -> 'count'), else its
+    problem type."""
+    if record.meta.get("category"):
+        return str(record.meta["category"])
     return record.source.rsplit("/", 1)[-1] if record.source else record.problem_type
 
 
@@ -67,8 +82,11 @@ async def evaluate(
     tau: float,
     first_max_tokens: int = 64,
     think_max_tokens: int = 512,
+    judge: Any = None,
 ) -> dict[str, Any]:
     """Graded rows over `records` and the skip count (see the module docstring)."""
+    if config.rewards.format != "answer_twice":
+        return await evaluate_answers(engine, processor, records, config, think_max_tokens, judge)
     prompts, skipped = prepare(records, config, processor, "answer_twice")
     kept = [p.record for p in prompts]
     requests = [p.request() for p in prompts]
@@ -82,3 +100,56 @@ async def evaluate(
         for record, p in zip(kept, passes, strict=True)
     ]
     return {"tau": tau, "skipped_videos": skipped, "rows": rows}
+
+
+async def evaluate_answers(
+    engine: RolloutEngine,
+    processor: Any,
+    records: Sequence[Record],
+    config: RunConfig,
+    max_tokens: int,
+    judge: Any = None,
+) -> dict[str, Any]:
+    """Held-out evaluation in the run's own output format (not answer_twice): one greedy
+    reply per question, its answer graded for the record's problem type, a free-form answer by
+    `judge` (an `actors.judge.JudgeClient`; ROUGE-L without one, or for an answer it left
+    unjudged). Rows as `score_row`'s, in the single mode `answer`; `task` is the record's
+    category when it has one. The report names the judge."""
+    prompts, skipped = prepare(records, config, processor, config.rewards.format)
+    spec = SampleSpec(n=1, temperature=0.0, max_tokens=max_tokens)
+    gens = await engine.generate([p.request() for p in prompts], spec)
+    answers = []
+    for gen in gens:
+        found = graded_answers(gen.completions[0].text, config.rewards)
+        answers.append(found[-1] if found else None)
+    judged: dict[int, float | None] = {}
+    if judge is not None:
+        asks = [(i, JudgeItem(p.record.question, p.record.answer, a))
+                for i, (p, a) in enumerate(zip(prompts, answers, strict=True))
+                if a is not None and p.record.problem_type == "free_form"]  # fmt: skip
+        scores = await judge.scores([item for _, item in asks])
+        judged = {i: s for (i, _), s in zip(asks, scores, strict=True)}
+    rows = []
+    for i, (prompt, gen, answer) in enumerate(zip(prompts, gens, answers, strict=True)):
+        record, completion = prompt.record, gen.completions[0]
+        reward = judged.get(i)
+        by_judge = reward is not None
+        if reward is None:
+            reward = task_reward(answer, prompt.target)
+        rows.append({
+            "id": record.id,
+            "task": task_name(record),
+            "problem_type": record.problem_type,
+            "modes": {ANSWER_MODE: {
+                "reward": reward / MAX_TASK_REWARD[record.problem_type],
+                "correct": is_correct(reward, record.problem_type),
+                "thought": "<think" in completion.text,
+                "confidence": None,
+                "tokens": len(completion.token_ids),
+                "judged": by_judge,
+            }},
+        })  # fmt: skip
+    out: dict[str, Any] = {"tau": None, "skipped_videos": skipped, "rows": rows}
+    if judge is not None:
+        out["judge"] = judge.label
+    return out

@@ -469,6 +469,7 @@ class RolloutActor:
             tau,
             first_max_tokens,
             think_max_tokens,
+            self.judge,
         )
         report["weight_version"] = self.engine.weight_version
         return report

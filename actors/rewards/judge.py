@@ -33,54 +33,19 @@ SYSTEM = (
 
 _LINE = re.compile(r"\b(action|location|object)\s*[:=]\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 SPATIAL = frozenset(
-    [
-        "left",
-        "right",
-        "top",
-        "bottom",
-        "above",
-        "below",
-        "under",
-        "on",
-        "in",
-        "into",
-        "onto",
-        "next",
-        "beside",
-        "behind",
-        "front",
-        "middle",
-        "centre",
-        "center",
-        "corner",
-        "between",
-        "over",
-        "inside",
-        "outside",
-        "near",
-    ]
-)
+    ["left", "right", "top", "bottom", "above", "below", "under", "on", "in", "into", "onto",
+     "beside", "behind", "front", "middle", "centre", "center", "corner", "between", "over",
+     "inside", "outside", "near", "end"]
+)  # fmt: skip
+PROPERTIES = frozenset(
+    ["red", "green", "blue", "yellow", "orange", "purple", "pink", "white", "black", "grey",
+     "gray", "brown", "small", "big", "large", "open", "closed", "empty", "full", "first",
+     "second", "third", "last"]
+)  # fmt: skip
 STOP = frozenset(
-    [
-        "a",
-        "an",
-        "the",
-        "to",
-        "of",
-        "and",
-        "or",
-        "you",
-        "your",
-        "it",
-        "its",
-        "is",
-        "are",
-        "then",
-        "should",
-        "now",
-        "next",
-    ]
-)
+    ["a", "an", "the", "to", "of", "and", "or", "you", "your", "i", "it", "its", "is", "are",
+     "then", "should", "now", "next", "one", "please"]
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -123,19 +88,41 @@ def format_reply(scores: dict[str, int]) -> str:
 
 
 def rule_reply(item: JudgeItem) -> str:
-    """The rule-based stand-in's reply: per rubric item, the share of the reference's words of
-    that kind that the answer contains (action: all content words; location: spatial words;
-    object: the rest but the first, the action's verb). A stand-in for debug runs without a
-    judge model, not a judgement of meaning."""
-    ref = [w for w in tokenize(item.reference) if w not in STOP]
-    said = set(tokenize(item.answer))
-    where = [w for w in ref if w in SPATIAL]
-    what = [w for w in ref[1:] if w not in SPATIAL]
+    """The rule-based stand-in's reply, from the words of answer and reference (a stand-in for
+    debug runs without a judge model, not a judgement of meaning):
 
-    def share(words: list[str]) -> int:
-        return round(SCALE * sum(w in said for w in words) / len(words)) if words else SCALE
+    - action: 10 when the answer's first content word (the verb) and its sequence of property
+      words (colours, sizes, states, ordinals) are the reference's, else 0;
+    - location: 10 when the spatial and property words from the first spatial word on ("right
+      ... green") are the reference's, else 0 (10 when the reference names no place);
+    - object: 10 x the overlap (Jaccard) of the two sets of property words.
+    """
+    ref, said = _content(item.reference), _content(item.answer)
+    ref_props, said_props = _props(ref), _props(said)
+    verb_ok = bool(ref) and bool(said) and ref[0] == said[0]
+    action = SCALE if verb_ok and ref_props == said_props else 0
+    where = _place(ref)
+    location = SCALE if not where or where == _place(said) else 0
+    union = set(ref_props) | set(said_props)
+    shared = set(ref_props) & set(said_props)
+    obj = round(SCALE * len(shared) / len(union)) if union else SCALE
+    return format_reply({"action": action, "location": location, "object": obj})
 
-    return format_reply({"action": share(ref), "location": share(where), "object": share(what)})
+
+def _content(text: str) -> list[str]:
+    return [w for w in tokenize(text) if w not in STOP]
+
+
+def _props(words: list[str]) -> list[str]:
+    return [w for w in words if w in PROPERTIES]
+
+
+def _place(words: list[str]) -> list[str]:
+    """Spatial and property words from the first spatial word on."""
+    first = next((i for i, w in enumerate(words) if w in SPATIAL), None)
+    if first is None:
+        return []
+    return [w for w in words[first:] if w in SPATIAL or w in PROPERTIES]
 
 
 class JudgeCache:

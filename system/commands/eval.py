@@ -68,9 +68,11 @@ def _run(args: argparse.Namespace) -> int:
     report = asyncio.run(_evaluate(config, args, paths))
     from system.reporting.evaluation import print_table, summarize
 
-    report["modes"] = summarize(report["rows"], args.modes or list(config.eval.modes))
+    report["modes"] = summarize(report["rows"], _modes(config, args))
 
     print_table(report)
+    if report.get("judge"):
+        print(f"free-form answers judged by {report['judge']}")
     if args.json:
         print(json.dumps(report, sort_keys=True))
     return 0
@@ -82,18 +84,29 @@ async def _evaluate(config, args: argparse.Namespace, paths: list[str]) -> dict:
     from actors.engine import VLLMEngine
     from actors.evaluation import evaluate
     from actors.gating import default_tau
+    from actors.judge import make_judge
     from system.config import DatasetSpec
     from system.data.records import load_dataset
 
     records = [r for p in paths for r in load_dataset(DatasetSpec(path=p)).records]
     records = records[: args.max_prompts or config.eval.max_prompts]
-    modes = args.modes or list(config.eval.modes)
+    modes = _modes(config, args)
     tau = default_tau(config.model.family, args.tau if args.tau is not None else config.eval.tau)
     processor = AutoProcessor.from_pretrained(config.model.path)
     engine = VLLMEngine.create(config)
     try:
+        judge = await make_judge(config)
         return await evaluate(
-            engine, processor, records, config, modes, tau, args.first_tokens, args.think_tokens
-        )
+            engine, processor, records, config, modes, tau, args.first_tokens, args.think_tokens,
+            judge,
+        )  # fmt: skip
     finally:
         engine.shutdown()
+
+
+def _modes(config, args: argparse.Namespace) -> list[str]:
+    """--modes, else the config's (`answer` for a run in another format than answer_twice)."""
+    from actors.evaluation import eval_modes
+
+    return list(args.modes) if args.modes and config.rewards.format == "answer_twice" else (
+        eval_modes(config))  # fmt: skip

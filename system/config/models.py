@@ -68,6 +68,11 @@ class SyntheticSpec(_Section):
     """Held-out records to generate."""
     n_text: int = Field(0, ge=0)
     """Text-only questions to generate (text.jsonl, for a text reasoning SFT stage)."""
+    n_assist: int = Field(0, ge=0)
+    """Training records of the synthetic assistive task (assist_train.jsonl:
+    system.data.synthetic_assist)."""
+    n_assist_eval: int = Field(0, ge=0)
+    """Held-out records of the assistive task (assist_eval.jsonl)."""
     seed: int = 0
     """Generator seed."""
 
@@ -454,7 +459,9 @@ class EvalConfig(_Section):
     modes: list[Literal["direct", "always_think", "gated"]] = Field(
         default_factory=lambda: ["direct", "always_think", "gated"]
     )
-    """Inference modes evaluated."""
+    """Inference modes evaluated (VideoAuto-R1's, for the answer_twice format; a run in
+    another `rewards.format` is evaluated in one mode, `answer`: a greedy reply in that
+    format, free-form answers graded by the judge)."""
     tau: float | None = Field(None, gt=0, le=1)
     """Gating threshold (None: 0.97 for Qwen2.5-VL, 0.98 for Qwen3-VL)."""
 

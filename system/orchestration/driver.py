@@ -229,7 +229,9 @@ class StageEvals:
             for mode, m in report["modes"].items()
         )
         n, seconds = len(report["rows"]), report["eval_s"]
-        print(f"[{self.stage.name}] eval at step {step} ({n} prompts, {seconds:.0f}s): {figures}")
+        judge = f"; free-form answers judged by {report['judge']}" if report.get("judge") else ""
+        print(f"[{self.stage.name}] eval at step {step} ({n} prompts, {seconds:.0f}s): "
+              f"{figures}{judge}")  # fmt: skip
 
 
 def _export_dir(dirs: RunDirs, stage: StageConfig) -> Path:

@@ -281,6 +281,7 @@ class Topology:
         figures (actors.evaluation, system.reporting.evaluation). None when the stage has no engines or no eval data."""
         import ray
 
+        from actors.evaluation import eval_modes
         from actors.gating import default_tau
         from system.data.records import split_records
         from system.reporting.evaluation import summarize
@@ -290,19 +291,22 @@ class Topology:
             return None
         records = split_records(cfg.data, "eval")[: cfg.eval.max_prompts]
         tau = default_tau(cfg.model.family, cfg.eval.tau)
-        e, n = cfg.eval, len(self.actors)
+        e, n, modes = cfg.eval, len(self.actors), eval_modes(cfg)
         parts = ray.get([
-            a.evaluate.remote(records[i::n], e.modes, tau, e.first_max_tokens, e.think_max_tokens)
+            a.evaluate.remote(records[i::n], modes, tau, e.first_max_tokens, e.think_max_tokens)
             for i, a in enumerate(self.actors)
         ])  # fmt: skip
         rows = [row for part in parts for row in part["rows"]]
-        return {
+        report = {
             "tau": tau,
             "weight_version": min(p["weight_version"] for p in parts),
             "skipped_videos": sum(p["skipped_videos"] for p in parts),
-            "modes": summarize(rows, e.modes),
+            "modes": summarize(rows, modes),
             "rows": rows,
         }
+        if parts[0].get("judge"):
+            report["judge"] = parts[0]["judge"]
+        return report
 
     def checkpoint(self) -> int:
         """Save a checkpoint on every rank; the learners' step afterwards. A rank that dies

@@ -132,3 +132,8 @@ def print_table(report: dict[str, Any]) -> None:
         reward = f"{m['reward']:.3f}±{m['reward_se']:.3f}"
         print(f"{mode:<14}{reward:>16}{cells}")
     print(f"tau={report['tau']}  skipped videos={report['skipped_videos']}")
+    print(f"\n{'per task (category)':<24}{'mode':<14}{'n':>5}{'reward':>16}{'accuracy':>10}")
+    for mode, m in report["modes"].items():
+        for task, t in m.get("tasks", {}).items():
+            reward = f"{t['reward']:.3f}±{t['reward_se']:.3f}"
+            print(f"{task:<24}{mode:<14}{t['n']:>5}{reward:>16}{t['accuracy']:>10.3f}")

@@ -20,7 +20,8 @@ from system.reporting.evaluation import gating_curve, paired_gain
 from system.reporting.metrics import read_metrics
 
 PLOTS = "plots"
-MODE_LABELS = {"direct": "direct", "always_think": "always-think", "gated": "gated"}
+MODE_LABELS = {"direct": "direct", "always_think": "always-think", "gated": "gated",
+               "answer": "answer"}  # fmt: skip
 
 
 @dataclass
@@ -102,6 +103,8 @@ def summary_table(comparison: dict[str, Any]) -> str:
 def gating_note(comparison: dict[str, Any]) -> str:
     """What the gated mode did on the RL checkpoint, in words."""
     modes = comparison["after"]["modes"]
+    if "answer" in modes:
+        return ""  # a run in another format than answer_twice: no gating to describe
     if not {"direct", "always_think", "gated"} <= set(modes):
         return "Gating: evaluate all three modes to compare them."
     d, t, g = modes["direct"], modes["always_think"], modes["gated"]
@@ -228,6 +231,8 @@ def markdown(run_dir: Path, stages: list[StageData], plots: list[str]) -> str:
     if comparison is not None:
         out += ["## Held-out evaluation: after SFT vs after RL", "", "```"]
         out += [summary_table(comparison), "```", "", gating_note(comparison), ""]
+        if comparison["after"].get("judge"):
+            out += [f"Free-form answers judged by {comparison['after']['judge']}.", ""]
         out += _curve_table(comparison)
         for mode in comparison["after"]["modes"]:
             out += [f"### Per task, {MODE_LABELS[mode]}", "", *_task_table(comparison, mode), ""]

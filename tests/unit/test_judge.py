@@ -28,7 +28,7 @@ def test_a_reply_parses_to_the_weighted_rubric():
     assert parse_reply("I think it is fine.") is None
 
 
-def test_the_rule_based_stand_in_rewards_overlap_per_item():
+def test_the_rule_based_stand_in_checks_action_place_and_objects():
     same = JudgeItem(ITEM.question, ITEM.reference, ITEM.reference)
     assert parse_reply(rule_reply(same)) == pytest.approx(1.0)
     close = parse_reply(rule_reply(ITEM))
@@ -36,6 +36,14 @@ def test_the_rule_based_stand_in_rewards_overlap_per_item():
                                                    "Place the blue square on the left.")))  # fmt: skip
     unrelated = parse_reply(rule_reply(JudgeItem(ITEM.question, ITEM.reference, "Wave hello.")))
     assert 1.0 > close > wrong_place > unrelated >= 0.0
+    ref = "Place the green square to the right of the blue one."
+
+    def score(answer: str) -> float:
+        return parse_reply(rule_reply(JudgeItem("q", ref, answer)))
+
+    assert score("place the GREEN square to the right of the blue one") == pytest.approx(1.0)
+    assert score("Place the red square to the right of the blue one.") < 0.5  # wrong object
+    assert score("Place the green square to the right of the red one.") < 0.5  # wrong place
 
 
 def test_the_cache_drops_the_least_recently_used():
@@ -97,7 +105,8 @@ def test_a_hung_or_failing_judge_leaves_answers_unjudged_within_the_timeout(back
 def test_the_rule_backend_through_the_client():
     client = JudgeClient(RuleJudge(), JudgeConfig(backend="rule"))
     (score,) = asyncio.run(client.scores([ITEM]))
-    assert 0.5 < score < 1.0 and "stand-in" in client.label
+    # "Put" is not the reference's "Place": no action credit; location and objects right.
+    assert score == pytest.approx(0.4) and "stand-in" in client.label
 
 
 def test_the_http_backend_speaks_openai_chat_completions(monkeypatch):
