@@ -12,9 +12,9 @@ model worker runs inside the engine-core process (vLLM's `uni` executor) instead
 process: one interpreter fewer to start (about 25 s of imports on a 2-core host) and no
 per-step hop between engine core and worker. A weight update pauses generation rather than
 draining it: `start_weight_update` freezes the requests in flight where they are (vLLM's
-keep mode), drops every cache the old weights computed (KV and prefix cache, encoder cache;
-also on an idle engine), the update loads, and the requests resume under the new weights
-(their prefix recomputed with them) once it finishes or fails.
+keep mode), drops the KV and prefix cache the old weights computed (and, idle, the encoder
+cache), the update loads, and the requests resume under the new weights (their prefix
+recomputed with them) once it finishes or fails.
 A completion that straddles an update says which tokens each version sampled (vLLM's own
 weight-version spans, `Completion.version_starts`); every token's behaviour log-prob is the one
 vLLM sampled it with.
@@ -207,6 +207,10 @@ def engine_args(config: RunConfig, model_path: str | None = None, seed_offset: i
         seed=config.rollout_seed + seed_offset,
         limit_mm_per_prompt={"video": 1, "image": 0},
         mm_processor_kwargs=processor_kwargs(),
+        # No multimodal input cache: every request's video has an identity of its own
+        # (`VLLMEngine._one`), so it would never be hit; the frames arrive decoded and
+        # resized (system.data.video) and are cheap to process again.
+        mm_processor_cache_gb=0,
         weight_transfer_config=WeightTransferConfig(backend=weight_backend(config)),
         enable_sleep_mode=gpu and config.resources.colocate,
         disable_log_stats=True,
@@ -292,6 +296,11 @@ class VLLMEngine:
         prompt: dict[str, Any] = {"prompt": request.prompt}
         if request.video is not None:
             prompt["multi_modal_data"] = {"video": [request.video]}
+            # Each request's video an identity of its own: vLLM keys its encoder cache (vision
+            # embeddings) by it, so a request never reuses embeddings another request
+            # computed, possibly under older weights (`_hold_for_update`). The G samples of a
+            # prompt are one request: its video is encoded once.
+            prompt["multi_modal_uuids"] = {"video": [uuid.uuid4().hex]}
         final = None
         async for output in self.llm.generate(prompt, params, request_id=uuid.uuid4().hex):
             final = output
@@ -391,14 +400,19 @@ class VLLMEngine:
 async def _hold_for_update(llm: Any, busy: bool) -> None:
     """Before new weights load: the requests in flight (`busy`) paused where they are (vLLM's
     keep mode, without the 20 ms sleep `pause_generation` adds "for more intuitive ordering of
-    events"), and every cache the old weights computed dropped, idle or not: the KV and prefix
-    cache (a prompt prefix cached before the update would otherwise be reused with the new
-    weights; paused requests recompute theirs on resume) and the encoder cache (vision
-    embeddings). The multimodal input caches stay: they hold processed pixels, which do not
-    depend on the weights, and clearing them while requests are in flight desynchronises
-    vLLM's front-end and engine-core copies — an item the front end sends as a cache hit
-    after the core dropped it kills the engine ("Expected number of multimodal embeddings
-    to match number of input items"), as repeated videos (several questions per clip) do."""
+    events") and the KV and prefix cache dropped, idle or not (a prompt prefix cached before
+    the update would otherwise be reused with the new weights; paused requests recompute
+    theirs on resume).
+
+    The encoder cache (vision embeddings) is dropped only on an idle engine. Dropping it under
+    paused multimodal requests kills vLLM's engine ("Expected number of multimodal embeddings
+    to match number of input items", found on the assistive task's repeated clips): those
+    requests keep the embeddings of the version they started under (stale only where the
+    tower or projector train; the learner recomputes them and its importance weight corrects
+    for the gap), and no other request can reuse them, since every request's video has an
+    identity of its own. The multimodal input caches (processed pixels) are not touched: they
+    do not depend on the weights, and clearing them under live requests desynchronises
+    vLLM's front-end and engine copies."""
     core = getattr(llm, "engine_core", None)
     if busy:
         if hasattr(core, "pause_scheduler_async"):
@@ -407,7 +421,8 @@ async def _hold_for_update(llm: Any, busy: bool) -> None:
             await llm.pause_generation(mode="keep", clear_cache=False)
     if not await llm.reset_prefix_cache(reset_running_requests=True, reset_connector=True):
         raise RuntimeError("vLLM could not reset its prefix cache before a weight update")
-    await llm.reset_encoder_cache()
+    if not busy:
+        await llm.reset_encoder_cache()
 
 
 def _sampling_params(spec: SampleSpec, banned: Sequence[int] = ()) -> Any:

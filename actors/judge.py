@@ -120,7 +120,7 @@ class JudgeClient:
 class RuleJudge:
     """The rule-based stand-in (`actors.rewards.judge.rule_reply`), no model."""
 
-    label = "rule-based stand-in (word overlap, not a model)"
+    label = "rule-based stand-in (word rules, not a model)"
 
     async def replies(self, items: Sequence[JudgeItem]) -> list[str]:
         return [rule_reply(item) for item in items]

@@ -1,8 +1,9 @@
 """What `VLLMEngine.start_weight_update` does to vLLM's caches, against a recording double of
-AsyncLLM: idle or busy, every cache the old weights computed is dropped (prefix/KV, encoder);
-busy, the requests in flight are paused in keep mode first; the multimodal input caches are
-never cleared (weights-independent, and clearing them under live requests desynchronises
-vLLM's two copies); a failure after the pause still resumes generation."""
+AsyncLLM: idle or busy, the prefix/KV cache the old weights computed is dropped, idle also the
+encoder cache; busy, the requests in flight are paused in keep mode first and keep their
+vision embeddings; the multimodal input caches are never cleared (weights-independent, and
+clearing them under live requests desynchronises vLLM's two copies); a failure after the
+pause still resumes generation."""
 
 from __future__ import annotations
 
@@ -51,8 +52,11 @@ def test_a_busy_engine_pauses_in_keep_mode_then_drops_the_caches():
     engine = VLLMEngine(llm, None)
     engine._in_flight = 1
     asyncio.run(engine.start_weight_update())
-    assert names(llm)[:3] == ["pause_scheduler_async", "reset_prefix_cache", "reset_encoder_cache"]
+    assert names(llm)[:3] == ["pause_scheduler_async", "reset_prefix_cache", "start_weight_update"]
     assert llm.calls[0][2] == {"mode": "keep", "clear_cache": False}
+    # The paused requests keep their vision embeddings (dropping them kills vLLM's engine),
+    # and the multimodal input caches are never cleared.
+    assert "reset_encoder_cache" not in names(llm)
     assert "clear_mm_cache_async" not in names(llm) and "reset_mm_cache" not in names(llm)
     asyncio.run(engine.finish_weight_update(5))
     assert names(llm)[-1] == "resume_generation"

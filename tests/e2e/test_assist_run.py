@@ -1,0 +1,53 @@
+"""The Pause-and-Think path end to end on CPU: configs/debug_assist_cpu.yaml (the synthetic
+assistive task, `thinking_answer` format, SFT then GRPO whose free-form answers are judged by
+the rule-based stand-in), shortened: the run finishes, the judge scored the rollouts' answers
+(none left unjudged), the group accounting closes, and the report gives held-out figures per
+category, naming the judge as a stand-in."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from system.reporting.metrics import read_metrics
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "debug_assist_cpu.yaml"
+SHORT = [
+    "stages[0].total_steps=40", "stages[1].total_steps=4", "eval.max_prompts=20",
+    "data.synthetic.n_assist=80", "data.synthetic.n_assist_eval=20",
+    # The debug config's other synthetic tasks are not trained here: a token set of them.
+    "data.synthetic.n_train=4", "data.synthetic.n_eval=0", "data.synthetic.n_text=0",
+]  # fmt: skip
+
+
+def test_the_assistive_task_trains_with_a_judge_and_reports_per_category(tmp_path: Path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "system.cli", "train", str(CONFIG),
+         f"output_dir={tmp_path / 'out'}", *SHORT],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "judged by rule-based stand-in" in proc.stdout
+    (run,) = (tmp_path / "out").iterdir()
+    rl = run / "stages" / "rl"
+    accounting = json.loads((rl / "accounting.json").read_text())
+    assert accounting["closed"] and accounting["published"] > 0
+    rows = read_metrics(rl / "metrics.jsonl")
+    judged = max(r.get("rollout/judge_answers", 0) for r in rows)
+    assert judged > 0 and max(r.get("rollout/groups_unjudged", 0) for r in rows) == 0
+    evals = sorted((rl / "eval").glob("step_*.json"))
+    assert len(evals) == 2
+    last = json.loads(evals[-1].read_text())
+    assert set(last["modes"]) == {"answer"} and "stand-in" in last["judge"]
+    assert set(last["modes"]["answer"]["tasks"]) == {"Factual/Past", "Future/Planning"}
+    # Rows whose reply has an <answer> are judged; one without is graded 0 by the fallback.
+    assert any(r["modes"]["answer"]["judged"] for r in last["rows"])
+    report = (run / "report.md").read_text()
+    assert "### Per task, answer" in report and "| Future/Planning |" in report
+    assert "Free-form answers judged by rule-based stand-in" in report
