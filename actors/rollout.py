@@ -121,6 +121,15 @@ class RolloutStats:
         }
 
 
+def engine_died(exc: BaseException, engine: Any) -> bool:
+    """Whether `exc` means the actor's inference engine is gone for good (vLLM's
+    EngineDeadError, or an engine that reports itself errored): only a fresh engine serves
+    again."""
+    if type(exc).__name__ == "EngineDeadError":
+        return True
+    return bool(getattr(getattr(engine, "llm", None), "errored", False))
+
+
 def shuffled(video: tuple[np.ndarray, dict[str, Any]], seed: int) -> tuple[np.ndarray, dict]:
     """The same video input with its frames in a random order (T-GRPO)."""
     frames, meta = video
@@ -229,7 +238,14 @@ class RolloutActor:
         """Run batches until `max_batches` (forever when None); returns `stats()`."""
         done = 0
         while max_batches is None or done < max_batches:
-            await self.step()
+            try:
+                await self.step()
+            except Exception as exc:
+                if engine_died(exc, self.engine):
+                    # Nothing of the batch was published; Ray restarts the actor with a
+                    # fresh engine that waits for the current weights.
+                    self.restart_wedged_engine(f"its engine died: {exc}")
+                raise
             done += 1
         return self.stats()
 
@@ -517,11 +533,12 @@ class RolloutActor:
         self.stats_.last_weight_update_failure = time.time()
 
     def restart_wedged_engine(self, why: str) -> None:
-        """An engine stuck inside a collective cannot be reset from outside it: stop it (its
-        processes are killed) and exit the actor with an error, so that Ray restarts it
-        (`rollout.max_restarts`) with a fresh engine that waits for the current weights and
-        joins the next weight-sync group."""
-        log.error("rollout actor %d: engine wedged (%s); restarting the actor", self.index, why)
+        """An engine stuck inside a collective cannot be reset from outside it, and a dead one
+        (vLLM's EngineDeadError) does not come back: stop it (its processes are killed) and
+        exit the actor with an error, so that Ray restarts it (`rollout.max_restarts`) with a
+        fresh engine that waits for the current weights and joins the next weight-sync
+        group."""
+        log.error("rollout actor %d: engine lost (%s); restarting the actor", self.index, why)
         try:
             self.shutdown()
         finally:

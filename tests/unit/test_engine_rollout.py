@@ -164,6 +164,33 @@ def test_a_wedged_weight_receive_restarts_the_engine(
     assert actor.stats_.weight_update_failures == 1
 
 
+def test_a_dead_engine_restarts_the_actor_instead_of_failing_the_run(
+    tiny_qwen2_5_vl, synthetic_dataset, monkeypatch
+):
+    class EngineDeadError(RuntimeError):
+        """Named as vLLM's."""
+
+    class DyingEngine(ScriptedEngine):
+        async def generate(self, requests, spec):
+            raise EngineDeadError("EngineCore encountered an issue")
+
+    actor = actor_for(tiny_qwen2_5_vl, synthetic_dataset, DyingEngine([RIGHT], []))
+    monkeypatch.setattr(actor, "admitted", lambda: True)
+    restarted: list[str] = []
+    monkeypatch.setattr(actor, "restart_wedged_engine", restarted.append)
+    with pytest.raises(EngineDeadError):
+        asyncio.run(actor.run(max_batches=1))
+    assert restarted == ["its engine died: EngineCore encountered an issue"]
+    assert actor.stats_.published == 0
+    # Any other error of a batch is not an engine loss: it propagates, no restart.
+    actor.engine = ScriptedEngine([RIGHT], [])
+    monkeypatch.setattr(actor, "_generate_and_score", None)
+    restarted.clear()
+    with pytest.raises(TypeError):
+        asyncio.run(actor.run(max_batches=1))
+    assert restarted == []
+
+
 def test_text_only_records_are_generated_for_and_counted_by_kind(
     tiny_qwen2_5_vl, synthetic_dataset
 ):
