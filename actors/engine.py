@@ -44,10 +44,12 @@ VideoInput = tuple[np.ndarray, dict[str, Any]]
 
 @dataclass(frozen=True)
 class EngineRequest:
-    """One prompt: its rendered text and, for a video question, the video input."""
+    """One prompt: its rendered text and, for a video question, the video input; for an
+    image question, its images ([H, W, 3] uint8 each, already on the grid), in prompt order."""
 
     prompt: str
     video: VideoInput | None = None
+    images: tuple[np.ndarray, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,7 @@ def engine_args(config: RunConfig, model_path: str | None = None, seed_offset: i
         max_model_len=rollout.max_model_len,
         enforce_eager=rollout.enforce_eager,
         seed=config.rollout_seed + seed_offset,
-        limit_mm_per_prompt={"video": 1, "image": 0},
+        limit_mm_per_prompt={"video": 1, "image": config.image.max_images},
         mm_processor_kwargs=processor_kwargs(),
         # No multimodal input cache: every request's video has an identity of its own
         # (`VLLMEngine._one`), so it would never be hit; the frames arrive decoded and
@@ -301,6 +303,9 @@ class VLLMEngine:
             # computed, possibly under older weights (`_hold_for_update`). The G samples of a
             # prompt are one request: its video is encoded once.
             prompt["multi_modal_uuids"] = {"video": [uuid.uuid4().hex]}
+        elif request.images:
+            prompt["multi_modal_data"] = {"image": list(request.images)}
+            prompt["multi_modal_uuids"] = {"image": [uuid.uuid4().hex for _ in request.images]}
         final = None
         async for output in self.llm.generate(prompt, params, request_id=uuid.uuid4().hex):
             final = output

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from actors.engine import EngineRequest, RolloutEngine, SampleSpec
@@ -188,7 +188,7 @@ class GatedInference:
             if think == "always_think" or (think == "gated" and not p.gate.exit)
         ]
         continued = [
-            EngineRequest(requests[i].prompt + out[i].first_text + THINK_OPEN, requests[i].video)
+            replace(requests[i], prompt=requests[i].prompt + out[i].first_text + THINK_OPEN)
             for i in need
         ]
         for i, gen in zip(need, await self.engine.generate(continued, self.think), strict=True):

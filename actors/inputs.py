@@ -1,8 +1,9 @@
-"""What a dataset record becomes before generation: its video decoded under the run's budget,
-its prompt rendered in a reward format, and the target its completions are graded against.
-Shared by the rollout actor and held-out evaluation. A record whose video cannot be read is
-skipped, logged and counted, never an error that stops a batch. A text-only record (no
-`video`) becomes a prompt without one: GRPO trains on text questions too."""
+"""What a dataset record becomes before generation: its video (or images) decoded under the
+run's budget, its prompt rendered in a reward format, and the target its completions are
+graded against. Shared by the rollout actor and held-out evaluation. A record whose video or
+image cannot be read is skipped, logged and counted, never an error that stops a batch. A
+text-only record (no `video`, no `images`) becomes a prompt without either: GRPO trains on
+text, image and video questions alike."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from actors.engine import EngineRequest
 from actors.prompts import build_messages, render_prompt
 from actors.rewards import RewardTarget
 from system.config import RunConfig
-from system.data.records import DataError, Record, resolve_video
+from system.data.image import DecodedImage, decode_images
+from system.data.records import DataError, Record, record_kind, resolve_images, resolve_video
 from system.data.video import DecodedVideo, VideoError, decode_video
 
 log = logging.getLogger("reelrl.rollout")
@@ -23,22 +25,29 @@ log = logging.getLogger("reelrl.rollout")
 
 @dataclass
 class Prompt:
-    """A record ready to generate for: decoded video, rendered prompt, reward target."""
+    """A record ready to generate for: decoded video or images, rendered prompt, reward
+    target."""
 
     record: Record
     video: DecodedVideo | None
-    """None for a text-only record."""
+    """None for an image or a text-only record."""
     text: str
     target: RewardTarget
+    images: tuple[DecodedImage, ...] = ()
+    """The record's images, resized, in prompt order."""
 
     def request(self) -> EngineRequest:
-        """What the engine generates for: the rendered prompt and the decoded frames."""
-        return EngineRequest(self.text, None if self.video is None else self.video.vllm_input())
+        """What the engine generates for: the rendered prompt and the decoded pixels."""
+        return EngineRequest(
+            self.text,
+            None if self.video is None else self.video.vllm_input(),
+            tuple(image.pixels for image in self.images),
+        )
 
     @property
     def kind(self) -> str:
-        """`video` or `text`: what the prompt carries besides its question."""
-        return "text" if self.video is None else "video"
+        """`video`, `image` or `text`: what the prompt carries besides its question."""
+        return record_kind(self.record)
 
 
 def reward_target(record: Record) -> RewardTarget:
@@ -56,29 +65,32 @@ def reward_target(record: Record) -> RewardTarget:
 def prepare(
     records: Sequence[Record], config: RunConfig, processor: Any, reward_format: str
 ) -> tuple[list[Prompt], int]:
-    """The prompts of the records whose video decodes, in `reward_format`; and how many
-    records were skipped for an unreadable video."""
+    """The prompts of the records whose video or images decode, in `reward_format`; and how
+    many records were skipped for an unreadable one."""
     prompts, skipped = [], 0
     for record in records:
-        if record.video is None:
-            messages = build_messages(
-                record.question, record.problem_type, reward_format, record.options or (),
-                video=False,
-            )  # fmt: skip
-            text = render_prompt(processor, messages)
-            prompts.append(Prompt(record, None, text, reward_target(record)))
-            continue
-        start, end = record.span or (None, None)
         try:
-            path = resolve_video(record, config.data.root)
-            video = decode_video(path, config.video, config.model.family, start, end)
+            video, images = _visual(record, config)
         except (VideoError, DataError) as exc:
             log.warning("skipping record %s: %s", record.id, exc)
             skipped += 1
             continue
         messages = build_messages(
-            record.question, record.problem_type, reward_format, record.options or ()
-        )
+            record.question, record.problem_type, reward_format, record.options or (),
+            video=video is not None, images=len(images),
+        )  # fmt: skip
         text = render_prompt(processor, messages)
-        prompts.append(Prompt(record, video, text, reward_target(record)))
+        prompts.append(Prompt(record, video, text, reward_target(record), tuple(images)))
     return prompts, skipped
+
+
+def _visual(record: Record, config: RunConfig) -> tuple[DecodedVideo | None, list[DecodedImage]]:
+    """The record's decoded video or images (neither for a text-only record)."""
+    family = config.model.family
+    if record.images:
+        return None, decode_images(resolve_images(record, config.data.root), config.image, family)
+    if record.video is None:
+        return None, []
+    start, end = record.span or (None, None)
+    path = resolve_video(record, config.data.root)
+    return decode_video(path, config.video, family, start, end), []

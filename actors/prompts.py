@@ -133,13 +133,15 @@ def build_messages(
     fmt: OutputFormat,
     options: Sequence[str] = (),
     video: bool = True,
+    images: int = 0,
 ) -> list[dict[str, Any]]:
-    """Chat messages for a question: system prompt, then [video, text] in the user turn (the
-    text alone for a text-only question)."""
+    """Chat messages for a question: system prompt, then [video, text] in the user turn,
+    [image, ..., text] for `images` images (no video then), or the text alone."""
     text = {"type": "text", "text": user_text(question, problem_type, fmt, options)}
+    visual = [{"type": "image"}] * images or ([{"type": "video"}] if video else [])
     return [
         {"role": "system", "content": SYSTEM_PROMPTS[fmt]},
-        {"role": "user", "content": [{"type": "video"}, text] if video else [text]},
+        {"role": "user", "content": [*visual, text]},
     ]
 
 

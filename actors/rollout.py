@@ -447,6 +447,7 @@ class RolloutActor:
             finished_at=time.time(),
             prompt_ids=np.asarray(gen.prompt_ids, dtype=np.int32),
             vision=None if prompt.video is None else prompt.video.ref,
+            images=tuple(image.ref for image in prompt.images),
             samples=tuple(samples),
             problem_type=prompt.record.problem_type,
             answer=prompt.record.answer,

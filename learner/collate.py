@@ -7,7 +7,9 @@ frames with `system.data.video.decode_ref` (hash-checked), runs the processor's 
 (`processor_kwargs()`: no resampling, no resizing) to get `pixel_values_videos`,
 `video_grid_thw` (and Qwen2.5-VL's `second_per_grid_ts`), and checks that the prompt's pad
 count equals both `grid.prod() / merge²` and the reference's predicted token count. Any
-mismatch raises `GroupRejected` with the reason; the worker dead-letters the group. Sequences
+mismatch raises `GroupRejected` with the reason; the worker dead-letters the group. An image
+prompt is the same with `ImageRef`s (system.data.image): `pixel_values` and `image_grid_thw`,
+and the `<|image_pad|>` count checked against the images' predicted tokens. Sequences
 are prompt + completion; the loss mask marks the positions whose next token is a completion
 token, so logits at position t are scored against token t + 1. Only the columns from the
 shortest prompt's last token on are scored: the model's LM head runs on those alone
@@ -27,6 +29,7 @@ import torch
 
 from learner.positions import mrope_positions
 from system.config import Family
+from system.data.image import ImageError, decode_image_ref
 from system.data.video import (
     SPATIAL_MERGE,
     VISION_PLACEHOLDERS,
@@ -34,10 +37,12 @@ from system.data.video import (
     decode_ref,
     processor_kwargs,
 )
-from system.transport.protocol import RolloutGroup, VisionRef
+from system.transport.protocol import ImageRef, RolloutGroup, VisionRef
 
 VIDEO_PAD = "<|video_pad|>"
+IMAGE_PAD = "<|image_pad|>"
 _PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
+_IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 
 
 class GroupRejected(ValueError):
@@ -58,6 +63,18 @@ class VisionInputs:
     """Visual tokens the LLM sees (grid.prod() / merge²)."""
 
 
+@dataclass(frozen=True)
+class ImageInputs:
+    """Processor outputs for the images of one prompt."""
+
+    pixel_values: torch.Tensor
+    """[patches, C * T_patch * P * P], every image's patches in order"""
+    image_grid_thw: torch.Tensor
+    """[n, 3] (1, h, w) in patches, one row per image"""
+    tokens: int
+    """Visual tokens the LLM sees, all images together."""
+
+
 @dataclass
 class Sequence:
     """One training sequence: prompt + completion ids, what to score, and its video."""
@@ -70,6 +87,7 @@ class Sequence:
     """[T - prompt_len] float32 (None for SFT)."""
     vision: VisionInputs | None = None
     group_id: str = ""
+    images: ImageInputs | None = None
 
 
 @dataclass
@@ -212,13 +230,14 @@ class Collator:
         self.tokens_per_second = tokens_per_second if family == "qwen2_5_vl" else None
         self.tokenizer = processor.tokenizer
         self.video_pad_id = int(self.tokenizer.convert_tokens_to_ids(VIDEO_PAD))
+        self.image_pad_id = int(self.tokenizer.convert_tokens_to_ids(IMAGE_PAD))
         self.pad_id = int(self.tokenizer.pad_token_id)
         # Placeholders the model's forward counts against the vision features: a completion
         # that contains one would break the forward on this rank (and hang the others).
         self.vision_ids = torch.tensor(
             [int(self.tokenizer.convert_tokens_to_ids(t)) for t in VISION_PLACEHOLDERS]
         )
-        self._cache: OrderedDict[str, VisionInputs] = OrderedDict()
+        self._cache: OrderedDict[str, VisionInputs | ImageInputs] = OrderedDict()
         self._cache_size = cache_videos
 
     # ------------------------------------------------------------------ vision
@@ -254,20 +273,63 @@ class Collator:
             second_per_grid_ts=None if spg is None else torch.as_tensor(spg, dtype=torch.float32),
             tokens=tokens,
         )
+        return self._remember(key, inputs)
+
+    def image_inputs(self, refs: tuple[ImageRef, ...]) -> ImageInputs | None:
+        """Re-decode a prompt's images and run the processor's image path (cached by their
+        content hashes); None for no images."""
+        if not refs:
+            return None
+        key = "|".join(f"{r.path}|{r.content_hash}" for r in refs)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]  # type: ignore[return-value]
+        try:
+            images = [decode_image_ref(ref, self.family) for ref in refs]
+        except ImageError as exc:
+            raise GroupRejected(f"image re-decode failed: {exc}") from None
+        out = self.processor(
+            text=[_IMAGE_PLACEHOLDER * len(images)],
+            images=[image.pixels for image in images],
+            return_tensors="pt",
+            do_resize=False,
+        )
+        grid = out["image_grid_thw"]  # [n, 3]
+        tokens = int(grid.prod(dim=1).sum()) // SPATIAL_MERGE**2
+        predicted = sum(image.tokens for image in images)
+        if tokens != predicted:
+            raise GroupRejected(
+                f"processor made {tokens} image tokens from {refs[0].path} and the prompt's "
+                f"other images, the references predict {predicted}"
+            )
+        inputs = ImageInputs(out["pixel_values"], grid, tokens)
+        return self._remember(key, inputs)
+
+    def _remember(self, key: str, inputs: Any) -> Any:
         self._cache[key] = inputs
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return inputs
 
-    def check_prompt(self, prompt_ids: torch.Tensor, vision: VisionInputs | None) -> None:
-        """The prompt's video-pad count must equal the visual tokens of its video."""
-        pads = int((prompt_ids == self.video_pad_id).sum())
-        want = 0 if vision is None else vision.tokens
-        if pads != want:
-            raise GroupRejected(
-                f"prompt has {pads} video-pad tokens but the re-decoded video gives {want}: "
-                "the prompt was tokenised with a different video plan or processor"
-            )
+    def check_prompt(
+        self,
+        prompt_ids: torch.Tensor,
+        vision: VisionInputs | None,
+        images: ImageInputs | None = None,
+    ) -> None:
+        """The prompt's video-pad and image-pad counts must equal the visual tokens of its
+        video and of its images."""
+        for what, pad_id, inputs in (
+            ("video", self.video_pad_id, vision),
+            ("image", self.image_pad_id, images),
+        ):
+            pads = int((prompt_ids == pad_id).sum())
+            want = 0 if inputs is None else inputs.tokens
+            if pads != want:
+                raise GroupRejected(
+                    f"prompt has {pads} {what}-pad tokens but the re-decoded {what} gives "
+                    f"{want}: the prompt was tokenised with a different plan or processor"
+                )
 
     # ------------------------------------------------------------------ groups
 
@@ -275,7 +337,8 @@ class Collator:
         """The G sequences of a group; advantages [G]. Raises GroupRejected."""
         prompt = torch.from_numpy(group.prompt_ids.astype(np.int64))  # [P]
         vision = None if group.vision is None else self.vision_inputs(group.vision)
-        self.check_prompt(prompt, vision)
+        images = self.image_inputs(group.images)
+        self.check_prompt(prompt, vision, images)
         out = []
         for sample, adv in zip(group.samples, advantages.tolist(), strict=True):
             completion = torch.from_numpy(sample.completion_ids.astype(np.int64))  # [C]
@@ -294,6 +357,7 @@ class Collator:
                     behaviour_logprobs=torch.from_numpy(sample.logprobs.astype(np.float32)),
                     vision=vision,
                     group_id=group.group_id,
+                    images=images,
                 )
             )
         if not out:
@@ -350,18 +414,20 @@ class Collator:
         targets = torch.full((b, width), self.pad_id, dtype=torch.int64)  # [B, C]
         mask = torch.zeros(b, width, dtype=torch.float32)  # [B, C]
         behaviour = torch.zeros(b, width, dtype=torch.float32)  # [B, C]
-        pieces, positions, visions = [], [], []
+        pieces, positions, visions, pictures = [], [], [], []
         keep, rows, cols, segments, offset = [], [], [], [], 0
         for block in _prompt_blocks(seqs, share_prompts):
             first = seqs[block[0]]
             p = first.prompt_len
             prompt = first.input_ids[:p]
             types = self.processor.create_mm_token_type_ids([prompt.tolist()])[0]
-            rope = self._rope_positions(types, first.vision)  # [3, P]
+            rope = self._rope_positions(types, first.vision, first.images)  # [3, P]
             pieces.append(prompt)
             positions.append(torch.cat([torch.arange(p).unsqueeze(0), rope]))
             if first.vision is not None:
                 visions.append(first.vision)
+            if first.images is not None:
+                pictures.append(first.images)
             start, offset = offset, offset + p
             segments.append((start, offset, start, start))  # the prompt: causal on itself
             for i in block:
@@ -406,32 +472,27 @@ class Collator:
             loss_mask=mask,
             behaviour_logprobs=behaviour,
             advantages=torch.tensor([s.advantage for s in seqs], dtype=torch.float32),
-            vision=_stack_vision(visions),
+            vision=_stack_vision(visions, pictures),
             position_ids=torch.cat(positions, dim=1).unsqueeze(1),  # [4, 1, T]
             packed=layout,
         )
 
-    def _rope_positions(self, types: list[int], vision: VisionInputs | None) -> torch.Tensor:
+    def _rope_positions(
+        self, types: list[int], vision: VisionInputs | None, images: ImageInputs | None
+    ) -> torch.Tensor:
         """[3, n] multimodal RoPE positions of one sequence, either family."""
         if self.family == "qwen2_5_vl":
-            tps = self.tokens_per_second
-            if tps is None:
+            if self.tokens_per_second is None:
                 raise ValueError(
                     "packing Qwen2.5-VL sequences needs vision_config.tokens_per_second in the "
                     "model's config.json"
                 )
-            if vision is None:
-                return mrope_positions(types, [], [], SPATIAL_MERGE)
-            t, h, w = (int(x) for x in vision.video_grid_thw[0])
-            seconds = (
-                1.0 if vision.second_per_grid_ts is None else float(vision.second_per_grid_ts[0])
-            )
-            return mrope_positions(types, [(t, h, w)], [seconds * tps], SPATIAL_MERGE)
+            return self._positions(types, vision, images)
         # Qwen3-VL: every frame is its own vision run (timestamps in text between them), t = 1.
-        grids: list[tuple[int, int, int]] = []
+        grids = _image_grids(images)
         if vision is not None:
             t, h, w = (int(x) for x in vision.video_grid_thw[0])
-            grids = [(1, h, w)] * t
+            grids += [(1, h, w)] * t
         return mrope_positions(types, grids, [1.0] * len(grids), SPATIAL_MERGE)
 
     def collate(self, seqs: list[Sequence]) -> MicroBatch:
@@ -462,7 +523,7 @@ class Collator:
             positions = torch.zeros(3, b, length, dtype=torch.int64)  # [3, B, L]
             for i, s in enumerate(seqs):
                 n = s.input_ids.numel()
-                positions[:, i, :n] = self._positions(types[i, :n].tolist(), s.vision)
+                positions[:, i, :n] = self._positions(types[i, :n].tolist(), s.vision, s.images)
         return MicroBatch(
             position_ids=positions,
             input_ids=ids,
@@ -472,24 +533,41 @@ class Collator:
             loss_mask=mask,
             behaviour_logprobs=behaviour,
             advantages=torch.tensor([s.advantage for s in seqs], dtype=torch.float32),
-            vision=_stack_vision([s.vision for s in seqs if s.vision is not None]),
+            vision=_stack_vision(
+                [s.vision for s in seqs if s.vision is not None],
+                [s.images for s in seqs if s.images is not None],
+            ),
             score_from=start,
         )
 
-    def _positions(self, types: list[int], vision: VisionInputs | None) -> torch.Tensor:
-        if vision is None:
-            return mrope_positions(types, [], [], SPATIAL_MERGE)
-        t, h, w = (int(x) for x in vision.video_grid_thw[0])
-        seconds = 1.0 if vision.second_per_grid_ts is None else float(vision.second_per_grid_ts[0])
-        return mrope_positions(
-            types, [(t, h, w)], [seconds * self.tokens_per_second], SPATIAL_MERGE
-        )
+    def _positions(
+        self, types: list[int], vision: VisionInputs | None, images: ImageInputs | None
+    ) -> torch.Tensor:
+        """[3, n] Qwen2.5-VL positions: images run at t = 0, a video's temporal index spaced
+        by its seconds per grid."""
+        grids = _image_grids(images)
+        factors = [1.0] * len(grids)
+        if vision is not None:
+            t, h, w = (int(x) for x in vision.video_grid_thw[0])
+            spg = vision.second_per_grid_ts
+            grids.append((t, h, w))
+            factors.append((1.0 if spg is None else float(spg[0])) * self.tokens_per_second)
+        return mrope_positions(types, grids, factors, SPATIAL_MERGE)
+
+
+def _image_grids(images: ImageInputs | None) -> list[tuple[int, int, int]]:
+    if images is None:
+        return []
+    return [(int(t), int(h), int(w)) for t, h, w in images.image_grid_thw.tolist()]
 
 
 def _same_prompt(a: Sequence, b: Sequence) -> bool:
     p = a.prompt_len
     return (
-        p == b.prompt_len and a.vision is b.vision and torch.equal(a.input_ids[:p], b.input_ids[:p])
+        p == b.prompt_len
+        and a.vision is b.vision
+        and a.images is b.images
+        and torch.equal(a.input_ids[:p], b.input_ids[:p])
     )
 
 
@@ -504,13 +582,15 @@ def _prompt_blocks(seqs: list[Sequence], share: bool) -> list[list[int]]:
     return blocks
 
 
-def _stack_vision(videos: list[VisionInputs]) -> dict[str, torch.Tensor]:
+def _stack_vision(videos: list[VisionInputs], images: list[ImageInputs]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    if images:
+        out["pixel_values"] = torch.cat([i.pixel_values for i in images])
+        out["image_grid_thw"] = torch.cat([i.image_grid_thw for i in images])
     if not videos:
-        return {}
-    out = {
-        "pixel_values_videos": torch.cat([v.pixel_values_videos for v in videos]),
-        "video_grid_thw": torch.cat([v.video_grid_thw for v in videos]),
-    }
+        return out
+    out["pixel_values_videos"] = torch.cat([v.pixel_values_videos for v in videos])
+    out["video_grid_thw"] = torch.cat([v.video_grid_thw for v in videos])
     if videos[0].second_per_grid_ts is not None:
         out["second_per_grid_ts"] = torch.cat([v.second_per_grid_ts for v in videos])
     return out

@@ -18,8 +18,9 @@ import torch
 from actors.prompts import OutputFormat, build_messages, render_prompt
 from learner.collate import Collator, Sequence
 from learner.grpo import aggregate, token_logprobs
-from system.config import VideoConfig
-from system.data.records import Record, resolve_video
+from system.config import ImageConfig, VideoConfig
+from system.data.image import DecodedImage, decode_images
+from system.data.records import Record, resolve_images, resolve_video
 from system.data.video import DecodedVideo, decode_video, processor_kwargs
 
 END_OF_TURN = "<|im_end|>"
@@ -42,14 +43,26 @@ def sft_target(record: Record, fmt: OutputFormat, reasoning: str | None = None) 
 
 
 def encode_prompt(
-    processor: Any, record: Record, video: DecodedVideo | None, fmt: OutputFormat
+    processor: Any,
+    record: Record,
+    video: DecodedVideo | None,
+    fmt: OutputFormat,
+    images: list[DecodedImage] | None = None,
 ) -> torch.Tensor:
-    """Prompt token ids [P] with the video placeholder expanded, as the rollout engine sees
-    them (same messages, chat template and processor options); text alone without a video."""
+    """Prompt token ids [P] with the video (or image) placeholders expanded, as the rollout
+    engine sees them (same messages, chat template and processor options); text alone
+    without either."""
+    images = images or []
     messages = build_messages(
-        record.question, record.problem_type, fmt, record.options or (), video=video is not None
-    )
+        record.question, record.problem_type, fmt, record.options or (),
+        video=video is not None, images=len(images),
+    )  # fmt: skip
     text = render_prompt(processor, messages)
+    if images:
+        pixels = [image.pixels for image in images]
+        return processor(text=[text], images=pixels, return_tensors="pt", do_resize=False)[
+            "input_ids"
+        ][0]
     if video is None:
         return processor(text=[text], return_tensors="pt")["input_ids"][0]
     out = processor(
@@ -69,17 +82,22 @@ def sft_sequence(
     video_config: VideoConfig,
     root: str,
     fmt: OutputFormat,
+    image_config: ImageConfig | None = None,
 ) -> Sequence:
-    """One SFT sequence: the record's prompt (+ video, unless text-only), then `target` and
-    the end-of-turn."""
-    video, vision = None, None
+    """One SFT sequence: the record's prompt (+ video or images, unless text-only), then
+    `target` and the end-of-turn."""
+    video, vision, images, pictures = None, None, [], None
     if record.video is not None:
         start, end = record.span if record.span else (None, None)
         path = resolve_video(record, root)
         video = decode_video(path, video_config, collator.family, start, end)
         vision = collator.vision_inputs(video.ref)
-    prompt = encode_prompt(collator.processor, record, video, fmt)  # [P]
-    collator.check_prompt(prompt, vision)
+    elif record.images:
+        paths = resolve_images(record, root)
+        images = decode_images(paths, image_config or ImageConfig(), collator.family)
+        pictures = collator.image_inputs(tuple(image.ref for image in images))
+    prompt = encode_prompt(collator.processor, record, video, fmt, images)  # [P]
+    collator.check_prompt(prompt, vision, pictures)
     completion = collator.tokenizer(target + END_OF_TURN, add_special_tokens=False)["input_ids"]
     completion = torch.tensor(completion, dtype=torch.int64)  # [C]
     return Sequence(
@@ -87,6 +105,7 @@ def sft_sequence(
         prompt_len=prompt.numel(),
         vision=vision,
         group_id=record.id,
+        images=pictures,
     )
 
 

@@ -22,8 +22,8 @@ from actors.prompts import OutputFormat
 from learner.collate import Collator, GroupRejected, Sequence
 from learner.grpo import group_advantages
 from learner.sft import sft_sequence, sft_target
-from system.config import VideoConfig
-from system.data.records import MixState, RecordMixer
+from system.config import ImageConfig, VideoConfig
+from system.data.records import MixState, Record, RecordMixer
 from system.transport.applied import AppliedIds
 from system.transport.queue import RolloutQueue
 
@@ -181,8 +181,10 @@ class RecordSource:
         fmt: OutputFormat,
         rank: int,
         world_size: int,
+        image: ImageConfig | None = None,
     ) -> None:
         self.mixer = mixer
+        self.image = image or ImageConfig()
         self.collator = collator
         self.video = video
         self.root = root
@@ -196,11 +198,14 @@ class RecordSource:
             batch, self._carry = self._carry, None
             return batch
         records = self.mixer.take(n * self.world_size)[self.rank :: self.world_size]
-        seqs = [
-            sft_sequence(self.collator, r, sft_target(r, self.fmt), self.video, self.root, self.fmt)
-            for r in records
-        ]
+        seqs = [self._sequence(r) for r in records]
         return Batch(sequences=seqs, group_ids=[r.id for r in records])
+
+    def _sequence(self, record: Record) -> Sequence:
+        target = sft_target(record, self.fmt)
+        return sft_sequence(
+            self.collator, record, target, self.video, self.root, self.fmt, self.image
+        )
 
     def give_back(self, batch: Batch) -> None:
         self._carry = batch

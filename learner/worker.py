@@ -39,6 +39,7 @@ from learner.collate import Collator, MicroBatch, Sequence, tokens_per_second
 from learner.export import export_weights, save_hf
 from learner.objectives import GRPOObjective, Objective, SFTObjective, StepTotals, scored_logprobs
 from learner.sources import BatchSource, QueueSource, RecordSource
+from learner.vision_padding import kinds_of, missing, pad_vision
 from system.config import RunConfig
 from system.config.errors import NonFiniteError
 from system.transport import checkpoint as ckpt
@@ -123,6 +124,7 @@ class LearnerWorker:
         )
         self._offloaded = False
         self.frozen_sent = False
+        self._step_kinds = [0.0, 0.0]  # vision kinds of the current step (vision_padding)
         self.packer = BucketPacker()
         self._uncommitted_groups: list[str] = []
         self._committed_step = 0
@@ -145,7 +147,7 @@ class LearnerWorker:
         mixer = RecordMixer(load_split(c.data, "train"), c.data_seed)
         return RecordSource(
             mixer, self.collator, c.video, c.data.root, c.rewards.format, self.rank,
-            self.world_size,
+            self.world_size, c.image,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ the step
@@ -184,6 +186,7 @@ class LearnerWorker:
         micro = self._micro_batches(batch.sequences)
         n_micro, tokens, seqs = _agree(micro)
         micro += [micro[-1].filler()] * (n_micro - len(micro))
+        self._step_kinds = _agree_kinds(micro)
         totals = StepTotals(tokens=tokens, sequences=seqs)
         timing = {"data_s": time.perf_counter() - t0, "forward_s": 0.0, "backward_s": 0.0}
         timing |= {"optimizer_s": 0.0}
@@ -249,7 +252,7 @@ class LearnerWorker:
             for mb in micro:
                 mb = mb.to(self.device)
                 ref = self._reference_logprobs(mb)
-                logits = self.engine(**mb.model_inputs()).logits  # [B, K, V]
+                logits, _ = self._forward(self.engine, mb)  # [B, K, V]
                 old = self._logprobs(logits, mb, self.objective.temperature)
                 del logits
                 out.append((ref, old))
@@ -260,8 +263,15 @@ class LearnerWorker:
         if self.reference is None:
             return None
         with torch.no_grad():
-            ref_logits = self.reference(**mb.model_inputs()).logits  # [B, K, V]
+            ref_logits, _ = self._forward(self.reference, mb)  # [B, K, V]
             return self._logprobs(ref_logits, mb, self.objective.temperature)
+
+    def _forward(self, model: Any, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits [B, K, V] of a micro-batch, after the dummy vision-tower calls that keep
+        this rank's collectives in step with the others' (learner.vision_padding)."""
+        count = missing(mb.vision, self._step_kinds)
+        padding = pad_vision(model.module, count, self.device) if count else None
+        return model(**mb.model_inputs()).logits, padding
 
     def _logprobs(self, logits: torch.Tensor, mb: MicroBatch, temperature: float) -> torch.Tensor:
         """Token log-probs [B, C] of the scored positions, chunked as configured."""
@@ -280,8 +290,10 @@ class LearnerWorker:
         ref_logprobs, old_logprobs = fixed if fixed is not None else (None, None)
         if fixed is None:
             ref_logprobs = self._reference_logprobs(mb)
-        logits = self.engine(**mb.model_inputs()).logits  # [B, K, V]: scored positions only
+        logits, padding = self._forward(self.engine, mb)  # [B, K, V]: scored positions only
         loss, metrics = self.objective.loss(mb, logits, ref_logprobs, totals, old_logprobs)
+        if padding is not None:
+            loss = loss + 0.0 * padding  # backward through the tower as often as other ranks
         # DeepSpeed averages gradients over ranks; the loss is already a share of the step.
         scaled = loss * (mb.weight * self.world_size)
         t1 = time.perf_counter()
@@ -485,6 +497,12 @@ def _agree(micro: list[MicroBatch]) -> tuple[int, float, float]:
     )
     (n,) = eng.all_reduce([float(len(micro))], op="max")
     return int(n), tokens, seqs
+
+
+def _agree_kinds(micro: list[MicroBatch]) -> list[float]:
+    """Which vision kinds (images, videos) any micro-batch of the step holds, on any rank."""
+    local = [max(k) for k in zip(*(kinds_of(m.vision) for m in micro), strict=True)]
+    return eng.all_reduce(local, op="max")
 
 
 def _rng_state() -> dict[str, Any]:

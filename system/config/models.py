@@ -73,6 +73,11 @@ class SyntheticSpec(_Section):
     system.data.synthetic_assist)."""
     n_assist_eval: int = Field(0, ge=0)
     """Held-out records of the assistive task (assist_eval.jsonl)."""
+    n_image: int = Field(0, ge=0)
+    """Training records of the synthetic image tasks (image_train.jsonl, pictures under
+    images/: system.data.synthetic_image)."""
+    n_image_eval: int = Field(0, ge=0)
+    """Held-out records of the image tasks (image_eval.jsonl)."""
     seed: int = 0
     """Generator seed."""
 
@@ -112,6 +117,24 @@ class VideoConfig(_Section):
     def _ranges(self) -> VideoConfig:
         if self.min_frames > self.max_frames:
             raise ValueError("min_frames must be <= max_frames")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError("min_pixels must be <= max_pixels")
+        return self
+
+
+class ImageConfig(_Section):
+    max_images: int = Field(4, ge=1)
+    """Most images one record may carry (the rollout engine's per-prompt limit); a record
+    with more is skipped and counted."""
+    max_image_tokens: int = Field(2048, ge=1)
+    """Budget of visual tokens per record, shared evenly by its images."""
+    min_pixels: int = Field(4 * 28 * 28, ge=1)
+    """Fewest pixels per image after resizing."""
+    max_pixels: int = Field(1024 * 28 * 28, ge=1)
+    """Most pixels per image after resizing."""
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ImageConfig:
         if self.min_pixels > self.max_pixels:
             raise ValueError("min_pixels must be <= max_pixels")
         return self
@@ -488,6 +511,7 @@ class RunConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     video: VideoConfig = Field(default_factory=VideoConfig)
+    image: ImageConfig = Field(default_factory=ImageConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)

@@ -51,8 +51,11 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: str = Field(min_length=1)
     video: str | None = Field(None, min_length=1)
-    """Path relative to the data root, an absolute path, or a URI; absent for a text-only
-    question (text reasoning SFT)."""
+    """Path relative to the data root, an absolute path, or a URI; absent for an image or a
+    text-only question."""
+    images: list[str] | None = Field(None, min_length=1)
+    """Image files (relative to the data root, or absolute), shown in this order before the
+    question; a record carries a video or images, not both."""
     problem_type: ProblemType
     question: str = Field(min_length=1)
     answer: str = Field(min_length=1)
@@ -72,6 +75,10 @@ class Record(BaseModel):
 
     @model_validator(mode="after")
     def _type_fields(self) -> Record:
+        if self.images is not None and self.video is not None:
+            raise ValueError("a record carries a video or images, not both")
+        if self.images is not None and not all(p.strip() for p in self.images):
+            raise ValueError("images: every entry must be a non-empty path")
         for name, pair in [("span", self.span), *[("spans", s) for s in self.spans or []]]:
             if pair is not None and not 0 <= pair[0] < pair[1]:
                 raise ValueError(f"{name} {list(pair)} must satisfy 0 <= start < end")
@@ -113,6 +120,18 @@ def resolve_video(record: Record, root: str | Path) -> str:
     if "://" in record.video or Path(record.video).is_absolute():
         return record.video
     return str(Path(root) / record.video)
+
+
+def resolve_images(record: Record, root: str | Path) -> list[str]:
+    """The image files to read, absolute paths as they are, others under `root`."""
+    return [p if Path(p).is_absolute() else str(Path(root) / p) for p in record.images or ()]
+
+
+def record_kind(record: Record) -> str:
+    """`video`, `image` or `text`: what a record shows besides its question."""
+    if record.video is not None:
+        return "video"
+    return "image" if record.images else "text"
 
 
 # --------------------------------------------------------------------------- reading
@@ -235,8 +254,9 @@ def from_native(item: Any, where: str, index: int) -> Any:
 def from_video_r1(item: Any, where: str, index: int) -> dict[str, Any] | str:
     """A Video-R1-260k / Video-R1-COT-165k item."""
     _require(item, where, ("problem_id", "problem", "problem_type", "path", "solution"))
-    if item.get("data_type", "video") != "video":
-        return f"data_type {item.get('data_type')!r} is not video"
+    media = item.get("data_type", "video")
+    if media not in ("video", "image"):
+        raise DataError(f"{where}: data_type {media!r} is not video or image")
     kind = _VIDEO_R1_TYPES.get(item["problem_type"])
     if kind is None:
         known = ", ".join(sorted(_VIDEO_R1_TYPES))
@@ -244,7 +264,7 @@ def from_video_r1(item: Any, where: str, index: int) -> dict[str, Any] | str:
     match = _ANSWER_TAG.search(str(item["solution"]))
     record: dict[str, Any] = {
         "id": f"video_r1-{item['problem_id']}",
-        "video": str(item["path"]).removeprefix("./"),
+        **_media(media, item["path"], where),
         "problem_type": kind,
         "question": item["problem"],
         "answer": (match.group(1) if match else str(item["solution"])).strip(),
@@ -255,6 +275,20 @@ def from_video_r1(item: Any, where: str, index: int) -> dict[str, Any] | str:
     if item.get("process"):
         record["meta"] = {"reasoning": item["process"]}
     return record
+
+
+def _media(kind: str, path: Any, where: str) -> dict[str, Any]:
+    """The record's `video` or `images` field from an importer's path (a string, or a list
+    of strings for several images); a leading './' is dropped."""
+    paths = path if isinstance(path, list) else [path]
+    if not paths or not all(isinstance(p, str) and p.strip() for p in paths):
+        raise DataError(f"{where}: path must be a non-empty string (or a list of them for images)")
+    paths = [p.removeprefix("./") for p in paths]
+    if kind == "video":
+        if len(paths) != 1:
+            raise DataError(f"{where}: a video item has one path, got {len(paths)}")
+        return {"video": paths[0]}
+    return {"images": paths}
 
 
 def from_videoauto_r1(item: Any, where: str, index: int) -> dict[str, Any] | str:

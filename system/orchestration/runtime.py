@@ -93,9 +93,11 @@ def prepare_assets(config: RunConfig) -> None:
     if config.data.synthetic is not None:
         from system.data.synthetic import ensure_synthetic
         from system.data.synthetic_assist import ensure_assist
+        from system.data.synthetic_image import ensure_images
 
         ensure_synthetic(config.data.synthetic)
         ensure_assist(config.data.synthetic)
+        ensure_images(config.data.synthetic)
     for spec in [*config.data.train, *config.data.eval]:
         if not Path(spec.path).is_file():
             raise RunSetupError(f"dataset {spec.path} does not exist (data.train / data.eval)")

@@ -26,6 +26,7 @@ from system.transport.schema import (
     LOGPROBS_DTYPE,
     SCHEMA_VERSION,
     TIMES_DTYPE,
+    ImageRef,
     ProtocolError,
     RolloutGroup,
     RolloutSample,
@@ -38,6 +39,7 @@ from system.transport.schema import (
 )
 
 __all__ = [
+    "ImageRef",
     "ProtocolError",
     "RolloutGroup",
     "RolloutSample",
@@ -60,6 +62,7 @@ def encode_group(group: RolloutGroup, max_bytes: int = DEFAULT_MAX_BYTES) -> byt
         "finished_at": group.finished_at,
         "prompt_ids": memoryview(group.prompt_ids),
         "vision": None if group.vision is None else _encode_vision(group.vision),
+        "images": [[i.path, i.height, i.width, i.content_hash] for i in group.images],
         "completion_lens": _pack_ints([len(s.completion_ids) for s in samples]),
         "completion_ids": b"".join([memoryview(s.completion_ids) for s in samples]),
         "logprobs": b"".join([memoryview(s.logprobs) for s in samples]),
@@ -135,6 +138,7 @@ def decode_group(
         finished_at=wire["finished_at"],
         prompt_ids=_frombuffer(wire["prompt_ids"], IDS_DTYPE, "prompt_ids"),
         vision=vision,
+        images=_decode_images(wire["images"]),
         samples=samples,
         problem_type=wire["problem_type"],
         answer=wire["answer"],
@@ -286,6 +290,17 @@ def _plain_scores(rewards: list[Any], components: list[Any], reasons: list[Any])
 
 _FLOAT = frozenset({float})
 _STR = frozenset({str})
+
+
+def _decode_images(value: Any) -> tuple[ImageRef, ...]:
+    if type(value) is not list:
+        raise ProtocolError("images", f"must be a list, got {type(value).__name__}")
+    out = []
+    for i, item in enumerate(value):
+        if type(item) is not list or len(item) != 4:
+            raise ProtocolError(f"images[{i}]", "must be [path, height, width, content_hash]")
+        out.append(ImageRef(*item))
+    return tuple(out)
 
 
 def _decode_vision(value: Any) -> VisionRef:

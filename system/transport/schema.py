@@ -2,7 +2,7 @@
 rank consumes, and the checks every field passes.
 
 A `RolloutGroup` is one prompt (its token ids and a `VisionRef` that says how to re-decode the
-video — never the pixels) and the G sampled completions (`RolloutSample`) with their behaviour
+video, or `ImageRef`s for its images — never the pixels) and the G sampled completions (`RolloutSample`) with their behaviour
 log-probs, rewards and finish reasons. Constructing one validates it; `ProtocolError` names the
 offending field. The msgpack codec is `system.transport.protocol`.
 """
@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+"""3: `images` (image prompts) joined the group."""
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 
 _INT32_MAX = 2**31 - 1
@@ -212,6 +213,26 @@ class VisionRef:
         object.__setattr__(self, "end", end)
 
 
+@dataclass(frozen=True, slots=True)
+class ImageRef:
+    """How to re-decode one image of a prompt: the same pixels at the same size."""
+
+    path: str
+    """Image file path (absolute, or as resolved by the producer)."""
+    height: int
+    """Height after resizing, pixels."""
+    width: int
+    """Width after resizing, pixels."""
+    content_hash: str
+    """Hash of the decoded, resized pixels; a re-decode must reproduce it."""
+
+    def __post_init__(self) -> None:
+        check_str(self.path, "images[].path", empty=False)
+        _check_int(self.height, "images[].height", low=1)
+        _check_int(self.width, "images[].width", low=1)
+        check_str(self.content_hash, "images[].content_hash")
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class RolloutSample:
     """One sampled completion of a group: tokens, behaviour log-probs, reward."""
@@ -298,6 +319,9 @@ class RolloutGroup:
     """Training stage that produced the group."""
     meta: dict[str, Scalar] = field(default_factory=dict)
     """Small extras, str -> scalar."""
+    images: tuple[ImageRef, ...] = ()
+    """The images of the prompt, by reference, in prompt order (none for a video or a
+    text-only prompt)."""
 
     def __post_init__(self) -> None:
         check_str(self.run_id, "run_id", empty=False)
@@ -315,6 +339,15 @@ class RolloutGroup:
             raise ProtocolError(
                 "vision", f"must be a VisionRef or None, got {type(self.vision).__name__}"
             )
+        images = tuple(self.images)
+        for i, image in enumerate(images):
+            if not isinstance(image, ImageRef):
+                raise ProtocolError(
+                    f"images[{i}]", f"must be an ImageRef, got {type(image).__name__}"
+                )
+        if images and self.vision is not None:
+            raise ProtocolError("images", "a prompt carries a video or images, not both")
+        object.__setattr__(self, "images", images)
         samples = tuple(self.samples)
         if not samples:
             raise ProtocolError("samples", "a group needs at least one sample")

@@ -63,7 +63,7 @@ def make_groups(
     return groups
 
 
-def _group(run, prompt, ref, completions, logprobs, i) -> RolloutGroup:
+def _group(run, prompt, ref, completions, logprobs, i, images=()) -> RolloutGroup:
     samples = [
         RolloutSample(c.astype(np.int32), lp.astype(np.float32), r)
         for c, lp, r in zip(completions, logprobs, REWARDS, strict=True)
@@ -77,6 +77,7 @@ def _group(run, prompt, ref, completions, logprobs, i) -> RolloutGroup:
         finished_at=0.0,
         prompt_ids=prompt.astype(np.int32),
         vision=ref,
+        images=tuple(images),
         samples=samples,
         problem_type="multiple_choice",
         answer="A",
@@ -178,9 +179,13 @@ def _act(worker: Any, actions: list[str], result: dict[str, Any], out_dir: str, 
     for action in actions:
         if action == "step":
             result["metrics"].append(worker.step())
-        elif action == "score":
-            group = worker.config_score_group
-            seqs = worker.collator.group_sequences(group, torch.zeros(len(group.samples)))
+        elif action == "score":  # one group, or a list: every sequence of each, in order
+            given = worker.config_score_group
+            seqs = [
+                seq
+                for group in (given if isinstance(given, list) else [given])
+                for seq in worker.collator.group_sequences(group, torch.zeros(len(group.samples)))
+            ]
             result["scores"] = [lp.numpy() for lp in worker.logprobs(seqs)]
         elif action == "checksum":
             result.setdefault("checksums", []).append(_checksum(worker))

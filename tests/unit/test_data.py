@@ -19,6 +19,7 @@ from system.data.records import (
     load_dataset,
     load_split,
     parse_record,
+    record_kind,
     resolve_video,
 )
 
@@ -154,7 +155,7 @@ def test_video_r1_importer(tmp_path):
     path = tmp_path / "Video-R1-260k.json"
     path.write_text(json.dumps(VIDEO_R1, indent=2))
     ds = load_dataset(DatasetSpec(path=str(path), format="video_r1"))
-    mc, num, ocr = ds.records
+    mc, num, picture, ocr = ds.records
     assert mc.id == "video_r1-2" and mc.problem_type == "multiple_choice" and mc.answer == "A"
     assert mc.video == "LLaVA-Video-178K/liwei_youtube_videos/videos/x.mp4"
     assert mc.options[3] == "D. A weather update"
@@ -162,7 +163,10 @@ def test_video_r1_importer(tmp_path):
     assert mc.meta["reasoning"].startswith("<think>")
     assert (num.problem_type, num.answer, num.options) == ("numerical", "4", None)
     assert (ocr.problem_type, ocr.answer) == ("free_form", "EXIT")
-    assert ds.skipped == Counter({"data_type 'image' is not video": 1})
+    # Image items are image records: the path becomes `images`, no `video`.
+    assert (picture.video, picture.images) == (None, ["General/img.jpg"])
+    assert record_kind(picture) == "image" and record_kind(mc) == "video"
+    assert not ds.skipped
 
 
 def test_video_r1_importer_errors_name_the_item(tmp_path):

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from system.transport.protocol import (
     SCHEMA_VERSION,
+    ImageRef,
     ProtocolError,
     RolloutGroup,
     RolloutSample,
@@ -68,8 +69,20 @@ def visions(draw: st.DrawFn) -> VisionRef:
 
 
 @st.composite
+def image_refs(draw: st.DrawFn) -> ImageRef:
+    return ImageRef(
+        path=draw(st.text(min_size=1, max_size=20)),
+        height=draw(st.integers(1, 4096)),
+        width=draw(st.integers(1, 4096)),
+        content_hash=draw(st.text(max_size=32)),
+    )
+
+
+@st.composite
 def groups(draw: st.DrawFn) -> RolloutGroup:
     version = draw(st.integers(0, 2**40))
+    vision = draw(st.none() | visions())
+    images = [] if vision is not None else draw(st.lists(image_refs(), max_size=3))
     return RolloutGroup(
         run_id=draw(st.text(min_size=1, max_size=10)),
         group_id=str(uuid.UUID(int=draw(st.integers(0, 2**128 - 1)))),
@@ -78,7 +91,8 @@ def groups(draw: st.DrawFn) -> RolloutGroup:
         created_at=draw(finite),
         finished_at=draw(finite),
         prompt_ids=draw(st.lists(token, max_size=40)),
-        vision=draw(st.none() | visions()),
+        vision=vision,
+        images=images,
         samples=draw(st.lists(samples(version), min_size=1, max_size=8)),
         problem_type=draw(st.text(max_size=10)),
         answer=draw(st.text(max_size=30)),
@@ -354,3 +368,25 @@ def test_arrays_are_read_only_views() -> None:
     with pytest.raises(ValueError):
         group.samples[0].completion_ids[0] = 1
     assert group.rewards.tolist() == [0.0, 1.0, 2.0]
+
+
+def test_images_travel_by_reference_and_are_checked():
+    ref = ImageRef("/data/a.png", 56, 84, "h1")
+    group = replace_group(make_group(), vision=None, images=(ref, ImageRef("/b.png", 28, 28, "h2")))
+    back = decode_group(encode_group(group))
+    assert back.images == group.images and back.vision is None
+    with pytest.raises(
+        ProtocolError, match=r"images: a prompt carries a video or images, not both"
+    ):
+        replace_group(make_group(), images=(ref,))
+    with pytest.raises(ProtocolError, match=r"images\[\]\.height"):
+        ImageRef("/a.png", 0, 28, "h")
+    wire = msgpack.unpackb(encode_group(group), raw=False)
+    wire["images"] = [["/a.png", 28]]
+    with pytest.raises(ProtocolError, match=r"images\[0\]: must be \[path, height, width"):
+        decode_group(msgpack.packb(wire, use_bin_type=True))
+
+
+def replace_group(group: RolloutGroup, **changes) -> RolloutGroup:
+    fields = {f: getattr(group, f) for f in group.__dataclass_fields__}
+    return RolloutGroup(**{**fields, **changes})
