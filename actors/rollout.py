@@ -42,7 +42,7 @@ from actors.rewards.composite import graded_answers
 from actors.rewards.extract import THINK_OPEN
 from actors.rewards.judge import JudgeItem
 from system.config import RunConfig
-from system.data.records import Record, load_shard
+from system.data.records import Dataset, Record, RecordMixer, load_shard
 from system.transport.keys import read_version
 from system.transport.protocol import RolloutGroup, RolloutSample
 from system.transport.redis_server import retrying
@@ -154,18 +154,21 @@ class RolloutActor:
 
         configure()
         if records is None:
-            records = load_shard(config.data, index, count)
-        if not records:
+            shard = load_shard(config.data, index, count)
+        elif not records:
             raise ValueError("a rollout actor needs at least one record")
+        else:
+            shard = [Dataset("records", [Record.model_validate(r) for r in records])]
         self.config = config
-        self.records = [Record.model_validate(r) for r in records]
+        # The datasets mixed by weight, each read in a shuffled order: the actor's own stream
+        # (seeded by its index), so a restarted actor rebuilds it from its arguments.
+        self.mixer = RecordMixer(shard, config.data_seed + 1000 * (index + 1))
         self.index = index
         self.engine: RolloutEngine | None = None
         self.processor: Any = None
         self.queue: Any = None
         self.redis: Any = None
         self._learner_version: int | None = None
-        self._cursor = 0
         self._batch = 0
         self._required_version = 0
         self.stats_ = RolloutStats()
@@ -282,15 +285,13 @@ class RolloutActor:
             self.stats_.published_by_kind[kind] = self.stats_.published_by_kind.get(kind, 0) + 1
 
     def _next_records(self) -> list[Record]:
-        """The next batch: records to retry first (unjudged before), then the shard in turn."""
+        """The next batch: records to retry first (unjudged before), then the shard's mix."""
         n = self.config.rollout.prompts_per_batch
         retried, self._retry = self._retry[:n], self._retry[n:]
         self._tries = {id(r): tries for r, tries in retried}
         picked = [r for r, _ in retried]
         fresh = n - len(picked)
-        picked += [self.records[(self._cursor + i) % len(self.records)] for i in range(fresh)]
-        self._cursor = (self._cursor + fresh) % len(self.records)
-        return picked
+        return picked + self.mixer.take(fresh)
 
     def _prepare(self, records: list[Record]) -> list[Prompt]:
         prompts, skipped = prepare(records, self.config, self.processor, self.config.rewards.format)

@@ -220,15 +220,22 @@ def split_records(config: DataConfig, split: Literal["train", "eval"]) -> list[R
     return [r for ds in load_split(config, split) for r in ds.records]
 
 
-def load_shard(config: DataConfig, index: int, count: int) -> list[Record]:
-    """Shard `index` of `count` of the training records (every count-th from index): what a
-    rollout actor reads for itself, so that a restarted one rebuilds it from files alone."""
+def load_shard(config: DataConfig, index: int, count: int) -> list[Dataset]:
+    """Shard `index` of `count` of every training dataset (every count-th record from index,
+    the weights kept): what a rollout actor mixes for itself, so that a restarted one
+    rebuilds it from files alone. DataError naming a dataset too small to give every actor a
+    record."""
     if not 0 <= index < count:
         raise ValueError(f"shard {index} of {count} does not exist")
-    records = split_records(config, "train")
-    if len(records) < count:
-        raise DataError(f"{len(records)} training records cannot feed {count} rollout engines")
-    return records[index::count]
+    shards = []
+    for ds in load_split(config, "train"):
+        if len(ds.records) < count:
+            raise DataError(
+                f"{ds.name}: {len(ds.records)} training records cannot feed {count} rollout "
+                "engines (each reads every n-th record of every dataset)"
+            )
+        shards.append(Dataset(ds.name, ds.records[index::count], ds.weight, ds.skipped))
+    return shards
 
 
 # --------------------------------------------------------------------------- importers

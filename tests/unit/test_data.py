@@ -17,6 +17,7 @@ from system.data.records import (
     Record,
     RecordMixer,
     load_dataset,
+    load_shard,
     load_split,
     parse_record,
     record_kind,
@@ -347,6 +348,22 @@ def test_mix_state_from_another_config_is_refused():
     state = RecordMixer([_dataset("a", 3)], seed=0).state
     with pytest.raises(DataError, match="same data config"):
         RecordMixer([_dataset("a", 3), _dataset("b", 3)], seed=0, state=state)
+
+
+def test_rollout_shards_keep_every_dataset_and_its_weight(tmp_path):
+    def rows(name, n):
+        return [{**GOOD, "id": f"{name}{i}"} for i in range(n)]
+
+    video = _jsonl(tmp_path / "v.jsonl", rows("v", 5))
+    image = _jsonl(tmp_path / "i.jsonl", [{**r, "video": None, "images": ["x.png"]}
+                                          for r in rows("i", 4)])  # fmt: skip
+    config = DataConfig(train=[DatasetSpec(path=video, weight=3.0), DatasetSpec(path=image)])
+    first, second = load_shard(config, 0, 2), load_shard(config, 1, 2)
+    assert [[r.id for r in d.records] for d in first] == [["v0", "v2", "v4"], ["i0", "i2"]]
+    assert [[r.id for r in d.records] for d in second] == [["v1", "v3"], ["i1", "i3"]]
+    assert [d.weight for d in first] == [3.0, 1.0]
+    with pytest.raises(DataError, match=r"i\.jsonl: 4 training records cannot feed 5 rollout"):
+        load_shard(config, 0, 5)
 
 
 def test_load_split_filters_problem_types(tmp_path):
