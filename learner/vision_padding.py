@@ -2,19 +2,22 @@
 image and video records.
 
 Under ZeRO-3 every module's parameters are gathered from all ranks when it runs (and again in
-backward): a collective. The Qwen-VL forward runs the vision tower once for the micro-batch's
-images and once for its videos, only when it has them, so a rank holding a video micro-batch
-and one holding a text micro-batch would issue different collectives and hang. The ranks agree
-once per step on which kinds the step holds anywhere (`step_kinds`, one all-reduce); a
-micro-batch that lacks one of them runs the tower on a one-token dummy input before its
-forward (`pad_vision`), and the loss adds the dummy's output times zero so that backward runs
-through the tower the same number of times as well. Gradients are unchanged; the cost is one
-tower call on 4 patches per missing kind. (verl does the same for FSDP.)
+backward): a collective, so every rank must run the same modules in the same order. The
+Qwen-VL forward embeds the tokens, then runs the vision tower once for the micro-batch's
+images and once for its videos, only when it has them; a rank holding a video micro-batch
+beside one holding text would issue different collectives and hang. The ranks agree once per
+step on which kinds the step holds anywhere (`kinds_of`, one all-reduce); a micro-batch that
+lacks one of them runs the tower on a one-token dummy input right after the token embedding
+(`padded`: a forward hook on it), where the real images would be, and adds the output times
+zero to the embeddings, so that backward also runs through the tower as often and in the same
+place as on the other ranks. Values and gradients are unchanged; the cost is one tower call
+on 4 patches per missing kind. (verl does the same for FSDP.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -35,7 +38,7 @@ def missing(vision: dict[str, torch.Tensor], step: Sequence[float]) -> int:
 
 def pad_vision(model: Any, count: int, device: torch.device | str) -> torch.Tensor | None:
     """Run the vision tower `count` times on a dummy image of one merged token (2x2 patches)
-    and return the sum of every output (to be added to the loss times zero); None for 0."""
+    and return the sum of every output (to be added times zero); None for 0."""
     if count == 0:
         return None
     config = model.config.vision_config
@@ -48,6 +51,26 @@ def pad_vision(model: Any, count: int, device: torch.device | str) -> torch.Tens
         out = _sum_tensors(model.get_image_features(pixels, grid))
         total = out if total is None else total + out
     return total
+
+
+@contextlib.contextmanager
+def padded(model: Any, count: int) -> Iterator[None]:
+    """Within this block, each forward of `model` (an HF Qwen-VL model) runs the vision tower
+    `count` more times right after its token embedding, the outputs added to the embeddings
+    times zero."""
+    if count == 0:
+        yield
+        return
+
+    def after_embedding(module: Any, args: Any, output: torch.Tensor) -> torch.Tensor:
+        extra = pad_vision(model, count, output.device)
+        return output + 0.0 * extra.to(output.dtype)
+
+    handle = model.get_input_embeddings().register_forward_hook(after_embedding)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _sum_tensors(value: Any) -> torch.Tensor:

@@ -39,7 +39,7 @@ from learner.collate import Collator, MicroBatch, Sequence, tokens_per_second
 from learner.export import export_weights, save_hf
 from learner.objectives import GRPOObjective, Objective, SFTObjective, StepTotals, scored_logprobs
 from learner.sources import BatchSource, QueueSource, RecordSource
-from learner.vision_padding import kinds_of, missing, pad_vision
+from learner.vision_padding import kinds_of, missing, padded
 from system.config import RunConfig
 from system.config.errors import NonFiniteError
 from system.transport import checkpoint as ckpt
@@ -252,7 +252,7 @@ class LearnerWorker:
             for mb in micro:
                 mb = mb.to(self.device)
                 ref = self._reference_logprobs(mb)
-                logits, _ = self._forward(self.engine, mb)  # [B, K, V]
+                logits = self._forward(self.engine, mb)  # [B, K, V]
                 old = self._logprobs(logits, mb, self.objective.temperature)
                 del logits
                 out.append((ref, old))
@@ -263,15 +263,14 @@ class LearnerWorker:
         if self.reference is None:
             return None
         with torch.no_grad():
-            ref_logits, _ = self._forward(self.reference, mb)  # [B, K, V]
+            ref_logits = self._forward(self.reference, mb)  # [B, K, V]
             return self._logprobs(ref_logits, mb, self.objective.temperature)
 
-    def _forward(self, model: Any, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits [B, K, V] of a micro-batch, after the dummy vision-tower calls that keep
+    def _forward(self, model: Any, mb: MicroBatch) -> torch.Tensor:
+        """Logits [B, K, V] of a micro-batch, with the dummy vision-tower calls that keep
         this rank's collectives in step with the others' (learner.vision_padding)."""
-        count = missing(mb.vision, self._step_kinds)
-        padding = pad_vision(model.module, count, self.device) if count else None
-        return model(**mb.model_inputs()).logits, padding
+        with padded(model.module, missing(mb.vision, self._step_kinds)):
+            return model(**mb.model_inputs()).logits
 
     def _logprobs(self, logits: torch.Tensor, mb: MicroBatch, temperature: float) -> torch.Tensor:
         """Token log-probs [B, C] of the scored positions, chunked as configured."""
@@ -290,10 +289,8 @@ class LearnerWorker:
         ref_logprobs, old_logprobs = fixed if fixed is not None else (None, None)
         if fixed is None:
             ref_logprobs = self._reference_logprobs(mb)
-        logits, padding = self._forward(self.engine, mb)  # [B, K, V]: scored positions only
+        logits = self._forward(self.engine, mb)  # [B, K, V]: scored positions only
         loss, metrics = self.objective.loss(mb, logits, ref_logprobs, totals, old_logprobs)
-        if padding is not None:
-            loss = loss + 0.0 * padding  # backward through the tower as often as other ranks
         # DeepSpeed averages gradients over ranks; the loss is already a share of the step.
         scaled = loss * (mb.weight * self.world_size)
         t1 = time.perf_counter()

@@ -25,6 +25,9 @@ SHORT = [
     "stages[0].total_steps=40", "stages[1].total_steps=4", "eval.max_prompts=20",
     "data.synthetic.n_assist=80", "data.synthetic.n_assist_eval=20",
     "data.synthetic.n_image=24", "data.synthetic.n_text=24",
+    # Every group published, even one whose rewards are all equal (after 40 SFT steps the
+    # text questions' often are): each kind must reach the learner in this short stage.
+    "rollout.filter_equal_rewards=false",
     # The debug config's synthetic video tasks are not trained here: a token set of them.
     "data.synthetic.n_train=4", "data.synthetic.n_eval=0",
 ]  # fmt: skip

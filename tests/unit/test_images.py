@@ -16,7 +16,7 @@ from PIL import Image
 from actors.prompts import build_messages
 from learner.collate import Collator, GroupRejected
 from learner.sft import encode_prompt, sft_sequence, sft_target
-from learner.vision_padding import kinds_of, missing, pad_vision
+from learner.vision_padding import kinds_of, missing, pad_vision, padded
 from system.config import ImageConfig, VideoConfig
 from system.data.image import ImageError, decode_image_ref, decode_images, image_size
 from system.data.records import DataError, Record, parse_record, record_kind
@@ -137,3 +137,19 @@ def test_vision_padding_adds_the_tower_calls_a_micro_batch_lacks(tiny_qwen2_5_vl
     grads = [p.grad for p in model.model.visual.merger.parameters()]
     assert all(g is not None and not g.any() for g in grads)
     assert pad_vision(model, 0, "cpu") is None
+    # Inside `padded`, a forward runs the tower after the token embedding (where the images
+    # would be) and its logits are unchanged.
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+    calls.clear()
+    order = []
+    model.get_input_embeddings().register_forward_hook(lambda *_: order.append("embed"))
+    model.model.visual.register_forward_hook(lambda *_: order.append("visual"))
+    with torch.no_grad(), padded(model, 1):
+        again = model(input_ids=ids).logits
+    assert order == ["embed", "visual"] and len(calls) == 1
+    torch.testing.assert_close(again, plain, rtol=0, atol=0)
+    with torch.no_grad():
+        model(input_ids=ids)
+    assert len(calls) == 1  # the hook is gone after the block
