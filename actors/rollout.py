@@ -160,9 +160,12 @@ class RolloutActor:
         else:
             shard = [Dataset("records", [Record.model_validate(r) for r in records])]
         self.config = config
-        # The datasets mixed by weight, each read in a shuffled order: the actor's own stream
-        # (seeded by its index), so a restarted actor rebuilds it from its arguments.
-        self.mixer = RecordMixer(shard, config.data_seed + 1000 * (index + 1))
+        # The datasets mixed by weight, each read in a shuffled order (`data.shuffle`): the
+        # actor's own stream (seeded by its index), so a restarted one rebuilds it from its
+        # arguments.
+        self.mixer = RecordMixer(
+            shard, config.data_seed + 1000 * (index + 1), shuffle=config.data.shuffle
+        )
         self.index = index
         self.engine: RolloutEngine | None = None
         self.processor: Any = None

@@ -144,7 +144,7 @@ class LearnerWorker:
             )  # fmt: skip
         from system.data.records import RecordMixer, load_split
 
-        mixer = RecordMixer(load_split(c.data, "train"), c.data_seed)
+        mixer = RecordMixer(load_split(c.data, "train"), c.data_seed, shuffle=c.data.shuffle)
         return RecordSource(
             mixer, self.collator, c.video, c.data.root, c.rewards.format, self.rank,
             self.world_size, c.image,

@@ -93,6 +93,9 @@ class DataConfig(_Section):
     """Generate the synthetic video tasks when their files are missing."""
     shuffle_seed: int | None = None
     """Seed of the deterministic shuffle (None: the run's `seed`)."""
+    shuffle: bool = True
+    """Read each dataset in a fresh shuffled order every epoch (the learner's SFT mix and each
+    rollout actor's); false: in file order, the datasets still mixed by weight."""
     problem_types: list[ProblemType] | None = None
     """Keep only these problem types (None keeps all)."""
 

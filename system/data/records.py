@@ -488,15 +488,22 @@ class RecordMixer:
     """An endless, deterministic stream of records from several datasets mixed by weight.
 
     Step k picks a dataset from a generator seeded by (seed, k); each dataset is read in a
-    permutation seeded by (seed, dataset, epoch). So the stream depends only on the seed and
+    permutation seeded by (seed, dataset, epoch) (in file order without `shuffle`). So the stream depends only on the seed and
     the state, and restoring a saved `MixState` continues it exactly.
     """
 
-    def __init__(self, datasets: list[Dataset], seed: int, state: MixState | None = None):
+    def __init__(
+        self,
+        datasets: list[Dataset],
+        seed: int,
+        state: MixState | None = None,
+        shuffle: bool = True,
+    ):
         if not datasets or any(not d.records for d in datasets):
             raise DataError("a mix needs at least one dataset, each with records")
         self.datasets = datasets
         self.seed = seed
+        self.shuffle = shuffle
         weights = np.array([d.weight for d in datasets], dtype=np.float64)
         self._cdf = np.cumsum(weights / weights.sum())
         self._orders: dict[tuple[int, int], np.ndarray] = {}
@@ -535,6 +542,7 @@ class RecordMixer:
     def _order(self, which: int, epoch: int) -> np.ndarray:
         key = (which, epoch)
         if key not in self._orders:
+            n = len(self.datasets[which].records)
             rng = np.random.default_rng([self.seed, 1, which, epoch])
-            self._orders[key] = rng.permutation(len(self.datasets[which].records))
+            self._orders[key] = rng.permutation(n) if self.shuffle else np.arange(n)
         return self._orders[key]

@@ -26,7 +26,8 @@ def small_config(
         {
             "name": run,
             "model": {"path": str(model_path), "family": family},
-            "data": {"root": str(data_root), "train": [{"path": str(train)}]},
+            # File order: the tests know which record each batch holds.
+            "data": {"root": str(data_root), "train": [{"path": str(train)}], "shuffle": False},
             "video": {
                 "num_frames": 4,
                 "max_frames": 4,

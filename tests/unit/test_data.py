@@ -334,6 +334,13 @@ def test_mix_visits_every_record_once_per_epoch_in_shuffled_order():
     assert ids[:20] != ids[20:]  # a fresh permutation each epoch
 
 
+def test_mix_without_shuffle_reads_each_dataset_in_file_order():
+    a, b = _dataset("a", 6, weight=2.0), _dataset("b", 4)
+    ids = [r.id for r in RecordMixer([a, b], seed=0, shuffle=False).take(40)]
+    assert [i for i in ids if i.startswith("a")][:12] == [f"a{i}" for i in range(6)] * 2
+    assert [i for i in ids if i.startswith("b")][:8] == [f"b{i}" for i in range(4)] * 2
+
+
 def test_mix_resumes_exactly_from_saved_state():
     datasets = [_dataset("a", 7, 2.0), _dataset("b", 5, 1.0)]
     reference = [r.id for r in RecordMixer(datasets, seed=3).take(60)]
