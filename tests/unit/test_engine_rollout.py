@@ -191,13 +191,15 @@ def test_a_dead_engine_restarts_the_actor_instead_of_failing_the_run(
     assert restarted == []
 
 
-def test_text_only_records_are_generated_for_and_counted_by_kind(
-    tiny_qwen2_5_vl, synthetic_dataset
+def test_text_and_image_records_are_generated_for_and_counted_by_kind(
+    tiny_qwen2_5_vl, synthetic_dataset, tmp_path
 ):
-    """A text-only record in a GRPO batch: a prompt without a video part, an engine request
-    without frames, a group without a vision reference; its kind is counted apart. T-GRPO's
+    """A text-only and an image record in a GRPO batch beside a video one: a prompt without a
+    video part and an engine request without frames; one with image parts, the resized images
+    in the request and their references in the group; each kind counted apart. T-GRPO's
     shuffled-frame rollouts are made for the video prompts only."""
     from system.data.synthetic import make_text_record
+    from system.data.synthetic_image import generate_images
 
     engine = ScriptedEngine([RIGHT, WRONG], [WRONG])
     actor = actor_for(
@@ -205,19 +207,30 @@ def test_text_only_records_are_generated_for_and_counted_by_kind(
         filter_equal_rewards=False, t_grpo={"enabled": True},
     )  # fmt: skip
     text = Record.model_validate({**make_text_record(3, seed=0), "answer": "D"})
-    actor.records = [text, *actor.records]
-    prompts = actor._prepare(actor._next_records())
-    assert [p.kind for p in prompts] == ["text", "video"]
+    generate_images(tmp_path, 3, 0, seed=0)
+    moved = Record.model_validate_json((tmp_path / "image_train.jsonl").read_text().splitlines()[2])
+    image = moved.model_copy(
+        update={"answer": "D", "images": [str(tmp_path / p) for p in moved.images]}
+    )
+    prompts = actor._prepare([text, image, actor._next_records()[0]])
+    assert [p.kind for p in prompts] == ["text", "image", "video"]
     assert prompts[0].request().video is None and "<|video_pad|>" not in prompts[0].text
-    assert "<|video_pad|>" in prompts[1].text
+    request = prompts[1].request()
+    assert request.video is None and len(request.images) == 2
+    assert prompts[1].text.count("<|image_pad|>") == 2 and "<|video_pad|>" not in prompts[1].text
+    assert "<|video_pad|>" in prompts[2].text
     groups = asyncio.run(actor._generate_and_score(prompts, 3, 0.0))
-    assert engine.calls == [(2, 4), (1, 2)]  # both prompts ordered, one shuffled
+    assert engine.calls == [(3, 4), (1, 2)]  # every prompt ordered, the video one shuffled
     by_record = {g.record_id: g for g in groups}
     assert by_record[text.id].vision is None and by_record[text.id].meta["kind"] == "text"
     assert "t_grpo_holds" not in by_record[text.id].meta
-    video = next(g for g in groups if g.record_id != text.id)
-    assert video.vision is not None and video.meta["kind"] == "video"
+    pictured = by_record[image.id]
+    assert pictured.vision is None and pictured.meta["kind"] == "image"
+    assert [r.path for r in pictured.images] == image.images
+    video = next(g for g in groups if g.record_id not in (text.id, image.id))
+    assert video.vision is not None and video.meta["kind"] == "video" and not video.images
     actor.queue = SimpleNamespace(produce=lambda group: None)
     actor._publish(groups)
     stats = actor.stats_.as_dict(3)
-    assert stats["groups_published_text"] == 1 and stats["groups_published_video"] == 1
+    assert stats["groups_published_text"] == stats["groups_published_image"] == 1
+    assert stats["groups_published_video"] == 1
