@@ -377,6 +377,29 @@ def ensure_synthetic(spec: SyntheticSpec) -> Path:
     return out
 
 
+def write_set(out: Path, manifest_name: str, splits: dict[str, list[dict[str, Any]]],
+              manifest: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Write one generated set: a JSONL file per split (`<name>.jsonl`), then its manifest,
+    last (a set interrupted before the manifest is generated again, never half-used)."""
+    for name, records in splits.items():
+        _write_jsonl(out / f"{name}.jsonl", records)
+    _write_atomic(out / manifest_name, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def ensure_set(
+    out: str | Path, manifest_name: str, want: dict[str, Any], generate: Callable[[Path], Any]
+) -> Path:
+    """`out`, after `generate(out)` unless its manifest already says `want`."""
+    out = Path(out)
+    manifest = out / manifest_name
+    if manifest.is_file() and json.loads(manifest.read_text()) == want:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    generate(out)
+    return out
+
+
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     _write_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 

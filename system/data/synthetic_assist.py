@@ -17,7 +17,6 @@ after the last one shown.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +30,9 @@ from system.data.synthetic import (
     SQUARE,
     _canvas,
     _draw,
-    _write_atomic,
-    _write_jsonl,
+    ensure_set,
     write_mp4,
+    write_set,
 )
 
 CATEGORIES = ("Future/Planning", "Factual/Past")
@@ -95,12 +94,12 @@ def generate_assist(out: Path, n_train: int, n_eval: int, seed: int) -> dict[str
     manifest, last; returns the manifest."""
     video_dir = out / "videos"
     video_dir.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("eval", n_eval)):
-        records = [make_assist_record(split, i, seed, video_dir) for i in range(n)]
-        _write_jsonl(out / f"assist_{split}.jsonl", records)
+    splits = {
+        f"assist_{split}": [make_assist_record(split, i, seed, video_dir) for i in range(n)]
+        for split, n in (("train", n_train), ("eval", n_eval))
+    }
     manifest = {"version": VERSION, "seed": seed, "n_train": n_train, "n_eval": n_eval}
-    _write_atomic(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return manifest
+    return write_set(out, MANIFEST, splits, manifest)
 
 
 def ensure_assist(spec: SyntheticSpec) -> Path | None:
@@ -109,11 +108,9 @@ def ensure_assist(spec: SyntheticSpec) -> Path | None:
     asked for)."""
     if not spec.n_assist:
         return None
-    out = Path(spec.out)
     want = {"version": VERSION, "seed": spec.seed, "n_train": spec.n_assist,
             "n_eval": spec.n_assist_eval}  # fmt: skip
-    manifest = out / MANIFEST
-    if manifest.is_file() and json.loads(manifest.read_text()) == want:
-        return out
-    generate_assist(out, spec.n_assist, spec.n_assist_eval, spec.seed)
-    return out
+    return ensure_set(
+        spec.out, MANIFEST, want,
+        lambda out: generate_assist(out, spec.n_assist, spec.n_assist_eval, spec.seed),
+    )  # fmt: skip

@@ -10,7 +10,6 @@ is redone, never half-used).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,8 @@ from system.data.synthetic import (
     PALETTE,
     SIZE,
     SQUARE,
-    _write_atomic,
-    _write_jsonl,
+    ensure_set,
+    write_set,
 )
 
 TASKS = ("count", "colour", "moved")
@@ -124,12 +123,12 @@ def generate_images(out: Path, n_train: int, n_eval: int, seed: int) -> dict[str
     """Write images/, image_train.jsonl, image_eval.jsonl and the manifest under `out`."""
     image_dir = out / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
-    for split, n in (("image_train", n_train), ("image_eval", n_eval)):
-        records = [make_image_record(split, i, seed, image_dir) for i in range(n)]
-        _write_jsonl(out / f"{split}.jsonl", records)
+    splits = {
+        split: [make_image_record(split, i, seed, image_dir) for i in range(n)]
+        for split, n in (("image_train", n_train), ("image_eval", n_eval))
+    }
     manifest = {"version": VERSION, "seed": seed, "n_train": n_train, "n_eval": n_eval}
-    _write_atomic(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return manifest
+    return write_set(out, MANIFEST, splits, manifest)
 
 
 def ensure_images(spec: SyntheticSpec) -> Path | None:
@@ -137,12 +136,9 @@ def ensure_images(spec: SyntheticSpec) -> Path | None:
     the same set is not there already; returns the directory (None: not asked for)."""
     if not spec.n_image:
         return None
-    out = Path(spec.out)
-    out.mkdir(parents=True, exist_ok=True)
     want = {"version": VERSION, "seed": spec.seed, "n_train": spec.n_image,
             "n_eval": spec.n_image_eval}  # fmt: skip
-    manifest = out / MANIFEST
-    if manifest.is_file() and json.loads(manifest.read_text()) == want:
-        return out
-    generate_images(out, spec.n_image, spec.n_image_eval, spec.seed)
-    return out
+    return ensure_set(
+        spec.out, MANIFEST, want,
+        lambda out: generate_images(out, spec.n_image, spec.n_image_eval, spec.seed),
+    )  # fmt: skip
