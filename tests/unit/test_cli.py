@@ -52,3 +52,30 @@ def test_chaos_json_keeps_stdout_for_the_report_alone():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout == '{"report": 1}\n'
     assert "run output" in proc.stderr and "late worker log" in proc.stderr
+
+
+def test_infer_builds_an_image_request_and_names_a_bad_file(tiny_qwen2_5_vl, tmp_path):
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from system.cli import parse
+    from system.commands.eval import load_run_config
+    from system.commands.infer import build_request
+    from system.data.image import ImageError
+
+    pictures = []
+    for i in range(2):
+        pictures.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(np.full((100, 120, 3), 40 * i, dtype=np.uint8)).save(pictures[-1])
+    args = parse(["infer", "--model", str(tiny_qwen2_5_vl), "--image", *pictures,
+                  "--question", "Which way did it move?", "--options", "A. left", "B. right"])  # fmt: skip
+    config = load_run_config(args)
+    request = build_request(config, AutoProcessor.from_pretrained(tiny_qwen2_5_vl), args)
+    assert request.video is None and len(request.images) == 2
+    assert request.prompt.count("<|image_pad|>") == 2 and "<|video_pad|>" not in request.prompt
+    with pytest.raises(SystemExit):  # --video and --image together
+        parse(["infer", "--model", "m", "--video", "v.mp4", "--image", "a.png", "--question", "q"])
+    args.image = [str(tmp_path / "missing.png")]
+    with pytest.raises(ImageError, match=r"missing\.png: image file not found"):
+        build_request(config, AutoProcessor.from_pretrained(tiny_qwen2_5_vl), args)
