@@ -166,6 +166,7 @@ class RolloutActor:
         self.mixer = RecordMixer(
             shard, config.data_seed + 1000 * (index + 1), shuffle=config.data.shuffle
         )
+        self._ahead: list[Record] = []
         self.index = index
         self.engine: RolloutEngine | None = None
         self.processor: Any = None
@@ -294,7 +295,13 @@ class RolloutActor:
         self._tries = {id(r): tries for r, tries in retried}
         picked = [r for r, _ in retried]
         fresh = n - len(picked)
-        return picked + self.mixer.take(fresh)
+        ahead, self._ahead = self._ahead[:fresh], self._ahead[fresh:]
+        return picked + ahead + self.mixer.take(fresh - len(ahead))
+
+    def put_ahead(self, records: Sequence[Record]) -> None:
+        """Records to generate for before the next ones of the mix (the chaos harness gives
+        faulty ones this way)."""
+        self._ahead.extend(Record.model_validate(r) for r in records)
 
     def _prepare(self, records: list[Record]) -> list[Prompt]:
         prompts, skipped = prepare(records, self.config, self.processor, self.config.rewards.format)

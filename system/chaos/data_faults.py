@@ -16,10 +16,6 @@ from system.config.errors import first_line
 # ------------------------------------------------------------------------ 6. poison
 
 
-def _insert_records(actor: Any, records: list[Any]) -> None:
-    actor.records[actor._cursor : actor._cursor] = records
-
-
 class Poison(Fault):
     """Garbage on the stream (undecodable payload, an entry without one), groups whose video
     is missing or corrupt (the learner's re-decode fails), and dataset records with a missing
@@ -84,7 +80,7 @@ class Poison(Fault):
         record = scene.topology.actors[0]
         bad = [{**_record_of(scene), "id": f"chaos-{p.stem}", "video": str(p)}
                for p in (missing, corrupt)]  # fmt: skip
-        ray.get(record.__ray_call__.remote(_insert_records, _records(bad)))
+        ray.get(record.put_ahead.remote(_records(bad)))
         self.skipped = 0
 
     def observe(self, scene: Scene, metrics: dict[str, float]) -> None:

@@ -234,3 +234,15 @@ def test_text_and_image_records_are_generated_for_and_counted_by_kind(
     stats = actor.stats_.as_dict(3)
     assert stats["groups_published_text"] == stats["groups_published_image"] == 1
     assert stats["groups_published_video"] == 1
+
+
+def test_records_put_ahead_come_before_the_mix(tiny_qwen2_5_vl, synthetic_dataset):
+    from system.data.synthetic import make_text_record
+
+    actor = actor_for(tiny_qwen2_5_vl, synthetic_dataset, ScriptedEngine([RIGHT], []),
+                      prompts_per_batch=2)  # fmt: skip
+    own = actor._next_records()[0]
+    ahead = [Record.model_validate(make_text_record(i, seed=0)) for i in range(3)]
+    actor.put_ahead(ahead)
+    assert actor._next_records() == ahead[:2]
+    assert actor._next_records() == [ahead[2], own]  # then the actor's own records again
