@@ -301,12 +301,16 @@ def _media(kind: str, path: Any, where: str) -> dict[str, Any]:
 def from_videoauto_r1(item: Any, where: str, index: int) -> dict[str, Any] | str:
     """A VideoAuto-R1 training annotation: its Video-R1 subset, Charades-STA / ActivityNet
     grounding ({video, description, timestamps}), Time-R1 ({video, sentence, timestamp}),
-    NeXT-GQA ({video, question, options, answer, timestamps}) or TVBench-style multiple
-    choice ({video, question, candidates, answer[, start, end]})."""
+    NeXT-GQA ({video, question, options, answer, timestamps}), TVBench-style multiple
+    choice ({video, question, candidates, answer[, start, end]}), or its text and image sets:
+    DAPO-Math ({prompt, solution}), ViRL ({question, image: [path], answer: \\boxed{..}}),
+    ThinkLite-VL-Hard ({problem, image, ground_truth, problem_type})."""
     if not isinstance(item, dict):
         raise DataError(f"{where}: an item must be a JSON object, got {type(item).__name__}")
     if "problem_id" in item and "solution" in item:
         return from_video_r1(item, where, index)
+    if "video" not in item:
+        return _videoauto_text_or_image(item, where, index)
     _require(item, where, ("video",))
     base: dict[str, Any] = {
         "id": str(item.get("id", f"videoauto_r1-{index}")),
@@ -338,6 +342,51 @@ def from_videoauto_r1(item: Any, where: str, index: int) -> dict[str, Any] | str
     if "start" in item and "end" in item:
         record["span"] = [float(item["start"]), float(item["end"])]
     return {**record, "problem_type": "multiple_choice"}
+
+
+_BOXED = re.compile(r"\\boxed\{(.*)\}", re.DOTALL)
+_MATHLIKE = re.compile(r"[0-9\\^=+/]")
+_THINKLITE_TYPES = {"math": "math", "exact_match": "free_form"}
+
+
+def _videoauto_text_or_image(item: dict[str, Any], where: str, index: int) -> dict[str, Any]:
+    """VideoAuto-R1's text (DAPO-Math) and image (ViRL, ThinkLite-VL-Hard) items."""
+    base = {"id": str(item.get("id", f"videoauto_r1-{index}"))}
+    if "prompt" in item and "solution" in item:  # DAPO-Math
+        question = item["prompt"]
+        if not isinstance(question, str):
+            raise DataError(f"{where}: prompt must be a string, got {type(question).__name__}")
+        return {**base, "problem_type": "math", "question": question,
+                "answer": str(item["solution"]), "source": "DAPO-Math"}  # fmt: skip
+    if "question" in item and "image" in item:  # ViRL: the answer boxed
+        _require(item, where, ("answer",))
+        boxed = _BOXED.search(str(item["answer"]))
+        answer = (boxed.group(1) if boxed else str(item["answer"])).strip()
+        # VideoAuto-R1 grades by math-verify what it can parse, by exact match the rest
+        # ("Cartoonish", "A"): a digit or a LaTeX operator marks math here.
+        kind = "math" if _MATHLIKE.search(answer) else "free_form"
+        return {**base, **_media("image", item["image"], where), "problem_type": kind,
+                "question": _no_image_tag(item["question"]), "answer": answer,
+                "source": "ViRL"}  # fmt: skip
+    if "problem" in item and "image" in item:  # ThinkLite-VL-Hard
+        _require(item, where, ("ground_truth", "problem_type"))
+        kind = _THINKLITE_TYPES.get(item["problem_type"])
+        if kind is None:
+            raise DataError(
+                f"{where}: problem_type {item['problem_type']!r} is not one of "
+                f"{', '.join(_THINKLITE_TYPES)}"
+            )
+        return {**base, **_media("image", item["image"], where), "problem_type": kind,
+                "question": _no_image_tag(item["problem"]),
+                "answer": str(item["ground_truth"]).strip(), "source": "ThinkLite-VL-Hard"}  # fmt: skip
+    raise DataError(
+        f"{where}: not a known VideoAuto-R1 shape (a video item needs `video`; text: prompt+"
+        "solution; image: question+image+answer or problem+image+ground_truth+problem_type)"
+    )
+
+
+def _no_image_tag(text: Any) -> str:
+    return str(text).replace("<image>", "").strip()
 
 
 _THINKING = re.compile(r"<(thinking|think)>\s*(.*?)\s*</\1>", re.DOTALL)

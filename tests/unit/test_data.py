@@ -226,6 +226,44 @@ def test_videoauto_r1_unknown_shape_is_named(tmp_path):
         load_dataset(DatasetSpec(path=path, format="videoauto_r1"))
 
 
+# Shaped as VideoAuto-R1's text and image annotations (dapo_math_filter-6k.json,
+# virl-filter-23k.json, thinklite-filter-4k.json), read by its data_rl.py.
+VIDEOAUTO_R1_TEXT_IMAGE = [
+    {"prompt": "Let $x + 2 = 5$. What is $x$?", "solution": "3"},
+    {"question": "<image>What is the area of the shaded region?", "image": ["virl/geo/17.png"],
+     "answer": "The area is \\boxed{\\frac{9}{2}}."},
+    {"question": "<image>Which style is the drawing?", "image": ["virl/art/3.jpg"],
+     "answer": "\\boxed{Cartoonish}"},
+    {"problem": "<image>\nHow many cubes are left?", "image": "thinklite/12.png",
+     "ground_truth": "4", "problem_type": "math"},
+    {"problem": "<image>Which option is correct? A. red B. blue", "image": "thinklite/13.png",
+     "ground_truth": "B", "problem_type": "exact_match"},
+]  # fmt: skip
+
+
+def test_videoauto_r1_text_and_image_sets(tmp_path):
+    path = _jsonl(tmp_path / "rl.jsonl", VIDEOAUTO_R1_TEXT_IMAGE)
+    dapo, area, style, cubes, option = load_dataset(
+        DatasetSpec(path=path, format="videoauto_r1")
+    ).records
+    assert record_kind(dapo) == "text" and (dapo.problem_type, dapo.answer) == ("math", "3")
+    assert record_kind(area) == "image" and area.images == ["virl/geo/17.png"]
+    assert (area.problem_type, area.answer) == ("math", "\\frac{9}{2}")
+    assert area.question == "What is the area of the shaded region?"  # <image> tag removed
+    assert (style.problem_type, style.answer) == ("free_form", "Cartoonish")  # exact match
+    assert cubes.images == ["thinklite/12.png"] and cubes.problem_type == "math"
+    assert (option.problem_type, option.answer, option.source) == (
+        "free_form", "B", "ThinkLite-VL-Hard"
+    )  # fmt: skip
+    bad = {**VIDEOAUTO_R1_TEXT_IMAGE[3], "problem_type": "ranking"}
+    path = _jsonl(tmp_path / "bad.jsonl", [VIDEOAUTO_R1_TEXT_IMAGE[0], bad])
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: problem_type 'ranking' is not one of"):
+        load_dataset(DatasetSpec(path=path, format="videoauto_r1"))
+    path = _jsonl(tmp_path / "odd.jsonl", [{"question": "q", "answer": "a"}])
+    with pytest.raises(DataError, match=r"odd\.jsonl:1: not a known VideoAuto-R1 shape"):
+        load_dataset(DatasetSpec(path=path, format="videoauto_r1"))
+
+
 # Shaped as Pause-and-Think's benchmark items and its LLaMA-Factory sharegpt training file.
 PAUSE_AND_THINK_BENCH = [
     {
