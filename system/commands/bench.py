@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, str] = {
     "rollout": "rollout",
     "run": "run",
     "peer": "peer",
+    "perception": "perception",
 }
 
 

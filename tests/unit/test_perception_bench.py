@@ -1,0 +1,73 @@
+"""`reelrl bench perception`: the probe clips' answers are what their pixels show, and a trial
+trains the model it loads."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+from system.benchmarks import perception
+from system.data import synthetic
+
+
+def _square_boxes(frame: np.ndarray) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the non-background pixels of one frame."""
+    ys, xs = np.nonzero((frame != np.array(synthetic.BACKGROUND, np.uint8)).any(-1))
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+@pytest.mark.parametrize("side", [synthetic.SQUARE, synthetic.MOVER])
+def test_probe_answers_match_the_pixels(side):
+    for seed in range(40):
+        colour = perception.colour_clip(np.random.default_rng(seed), side)
+        x0, y0, x1, y1 = _square_boxes(colour.frames[0])
+        assert (x1 - x0, y1 - y0) == (side, side)
+        name = colour.options[colour.answer].split(". ")[1]
+        assert tuple(colour.frames[-1][y0, x0]) == synthetic.PALETTE[name]
+
+        place = perception.side_clip(np.random.default_rng(seed), side)
+        x0, _, x1, _ = _square_boxes(place.frames[0])
+        half = synthetic.SIZE // 2
+        assert (x0 >= half) if place.answer == 1 else (x1 <= half)
+        assert place.options[place.answer].endswith("right" if x0 >= half else "left")
+
+        move = perception.direction_clip(np.random.default_rng(seed), side)
+        first, last = _square_boxes(move.frames[0]), _square_boxes(move.frames[-1])
+        dx, dy = last[0] - first[0], last[1] - first[1]
+        seen = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
+        assert move.options[move.answer].endswith(seen)
+
+
+def test_both_sides_and_every_answer_occur():
+    answers = {p: {perception.PROBES[p](np.random.default_rng(s), 40).answer for s in range(60)}
+               for p in perception.PROBES}
+    assert answers == {"colour": {0, 1, 2, 3}, "side": {0, 1}, "direction": {0, 1, 2, 3}}
+
+
+def test_a_trial_trains_the_model_and_reports_accuracy(tiny_qwen2_5_vl):
+    import torch
+
+    trial = perception.Trial(tiny_qwen2_5_vl, "colour", synthetic.MOVER)
+    inputs, answers = trial.batch(range(4))
+    assert answers.shape == (4,)
+    video = trial.processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    # 8 frames of 112 px: 4 temporal groups of 4 x 4 merged tokens.
+    assert ((inputs["input_ids"] == video).sum(1) == 64).all()
+    before = {n: p.detach().clone() for n, p in trial.model.named_parameters() if "visual" in n}
+    losses = [trial.step(i) for i in range(2)]
+    assert all(np.isfinite(losses))
+    moved = [n for n, p in trial.model.named_parameters() if "visual" in n and not torch.equal(p, before[n])]
+    assert moved, "the vision tower is trained"
+    acc = trial.accuracy(20)
+    assert 0.0 <= acc <= 1.0 and acc * 20 == round(acc * 20)
+
+
+def test_the_benchmark_prints_a_row_per_probe_and_size(tiny_qwen2_5_vl, monkeypatch, capsys):
+    monkeypatch.setattr(perception, "model_dir", lambda size: tiny_qwen2_5_vl)
+    figures = perception.run(argparse.Namespace(quick=True, size="tiny"))
+    rows = [(t["probe"], t["square_px"]) for t in figures["trials"]]
+    assert rows == [(p, s) for p in perception.PROBES for s in (synthetic.SQUARE, synthetic.MOVER)]
+    out = capsys.readouterr().out
+    assert out.count("px") == len(rows)
