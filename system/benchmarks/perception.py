@@ -3,8 +3,8 @@ synthetic video tasks ask about.
 
 A probe is one question about a clip with four options: the colour of a still square, the side
 (left or right half) it stands on, the way it moves (the `direction` task's clips). For each
-probe and square size, a fresh copy of the model (built at random, seed 0, the debug recipe's
-shape unless `--size`) is trained on clips rendered on the fly, batch 8, AdamW at 2e-3 on every
+probe, square size and rotary base (`TRIALS`), a fresh copy of the model (built at random,
+seed 0, the debug recipe's shape unless `--size`) is trained on clips rendered on the fly, batch 8, AdamW at 2e-3 on every
 weight (vision tower included), the option letter after the prompt being the only target; then
 it answers 200 held-out clips (argmax over the four letters). The frames reach the model as in
 the recipe: 8 frames sampled evenly, 112 px, the processor neither resampling nor resizing.
@@ -18,6 +18,8 @@ recipe.
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,14 +86,40 @@ PROBES: dict[str, Callable[[np.random.Generator, int], Clip]] = {
 CHANCE = {"colour": 0.25, "side": 0.5, "direction": 0.25}
 
 
-def model_dir(size: str, family: str = "qwen2_5_vl") -> Path:
-    """The random model every trial starts from, built once per size."""
+TRIALS: tuple[tuple[str, int, float | None], ...] = (
+    ("colour", synthetic.SQUARE, None),
+    ("colour", synthetic.MOVER, None),
+    ("side", synthetic.MOVER, None),
+    ("side", synthetic.MOVER, 2.0),
+    ("direction", synthetic.MOVER, None),
+    ("direction", synthetic.MOVER, 2.0),
+)
+"""(probe, square px, the language model's rope theta or None for the built model's)."""
+
+
+def model_dir(size: str, rope_theta: float | None = None) -> Path:
+    """The random Qwen2.5-VL every trial starts from, built once per size (seed 0); with
+    `rope_theta`, the same weights under another rotary base (weights do not depend on it)."""
     from system.data.tiny_model import build_tiny_model
 
-    out = WORK / f"{family}-{size}"
+    base = WORK / f"qwen2_5_vl-{size}"
+    if not (base / "config.json").exists():
+        print(build_tiny_model("qwen2_5_vl", base, size=size, seed=0), flush=True)
+    if rope_theta is None:
+        return base
+    out = WORK / f"qwen2_5_vl-{size}-theta{rope_theta:g}"
     if not (out / "config.json").exists():
-        print(build_tiny_model(family, out, size=size, seed=0), flush=True)
+        shutil.copytree(base, out, dirs_exist_ok=True)
+        config = json.loads((out / "config.json").read_text())
+        config["text_config"]["rope_parameters"]["rope_theta"] = rope_theta
+        (out / "config.json").write_text(json.dumps(config, indent=2))
     return out
+
+
+def built_theta(path: Path) -> float:
+    return json.loads((path / "config.json").read_text())["text_config"]["rope_parameters"][
+        "rope_theta"
+    ]
 
 
 class Trial:
@@ -175,6 +203,7 @@ class Trial:
 
 
 def run_trial(model_path: Path, probe: str, side: int, steps: int, eval_clips: int) -> dict:
+    """Train a fresh copy of the model at `model_path` on one probe; accuracy before/after."""
     start = time.perf_counter()
     trial = Trial(model_path, probe, side)
     before = trial.accuracy(eval_clips)
@@ -184,6 +213,7 @@ def run_trial(model_path: Path, probe: str, side: int, steps: int, eval_clips: i
     return {
         "probe": probe,
         "square_px": side,
+        "rope_theta": built_theta(model_path),
         "steps": steps,
         "accuracy_before": before,
         "accuracy_after": after,
@@ -197,24 +227,23 @@ def run(args: argparse.Namespace) -> dict:
     quick = getattr(args, "quick", False)
     size = getattr(args, "size", "tiny")
     steps, eval_clips = (4, 20) if quick else (300, 200)
-    sides = (synthetic.SQUARE, synthetic.MOVER)
-    path = model_dir(size)
     print(
         f"perception probes: {size} Qwen2.5-VL from random weights, {steps} steps of batch "
         f"{BATCH}, lr {LR}, vision tower trained, {eval_clips} held-out clips each",
         flush=True,
     )
-    print(f"{'probe':<10} {'square':>7} {'acc before':>11} {'acc after':>10} {'chance':>7} "
-          f"{'loss':>6} {'s':>5}")
+    print(
+        f"{'probe':<10} {'square':>7} {'rope theta':>10} {'acc before':>11} {'acc after':>10} "
+        f"{'chance':>7} {'loss':>6} {'s':>5}"
+    )
     rows = []
-    for probe in PROBES:
-        for side in sides:
-            row = run_trial(path, probe, side, steps, eval_clips)
-            rows.append(row)
-            print(
-                f"{probe:<10} {side:>5}px {row['accuracy_before']:>11.3f} "
-                f"{row['accuracy_after']:>10.3f} {row['chance']:>7.2f} {row['final_loss']:>6.3f} "
-                f"{row['seconds']:>5.0f}",
-                flush=True,
-            )
+    for probe, side, theta in TRIALS:
+        row = run_trial(model_dir(size, theta), probe, side, steps, eval_clips)
+        rows.append(row)
+        print(
+            f"{probe:<10} {side:>5}px {row['rope_theta']:>10g} {row['accuracy_before']:>11.3f} "
+            f"{row['accuracy_after']:>10.3f} {row['chance']:>7.2f} {row['final_loss']:>6.3f} "
+            f"{row['seconds']:>5.0f}",
+            flush=True,
+        )
     return {"model_size": size, "steps": steps, "eval_clips": eval_clips, "trials": rows}

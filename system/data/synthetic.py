@@ -6,8 +6,9 @@ model trained briefly can learn them:
 
 - direction (multiple_choice): a square slides left, right, up or down; options A-D.
 - appear (temporal_grounding): a square is visible from t1 to t2 (whole seconds).
-- count (numerical): the square changes colour k times (1-3); every colour lasts >= 1.5 s so
-  each shows up even in 8 frames sampled from the clip.
+- count (numerical): the square changes colour k times (1-3) in a 6-8 s clip whose length does
+  not depend on k; every colour lasts >= 1.5 s so each shows up even in 8 frames sampled from
+  the clip.
 - phases (subaction): the square makes 2-3 moves in sequence, each >= 2 s, named by direction.
 
 The square of these four tasks is 40 px (`MOVER`), so that it fills whole visual tokens (28 px
@@ -56,7 +57,7 @@ DIRECTION_OPTIONS = ["A. left", "B. right", "C. up", "D. down"]
 START_SIDE = {"left": "right", "right": "left", "up": "bottom", "down": "top"}
 TASKS = ("direction", "appear", "count", "phases")
 SPLITS = {"train": 0, "eval": 1, "text": 2}
-VERSION = 3
+VERSION = 4
 """Bumped whenever generated records change; a manifest of another version is regenerated."""
 MANIFEST = "manifest.json"
 
@@ -132,7 +133,11 @@ def _task_appear(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
 
 def _task_count(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
     changes = int(rng.integers(1, 4))
-    segment = 12 + rng.integers(0, 5, size=changes + 1)  # 1.5-2 s per colour at 8 fps
+    # The clip's length (6-8 s) is drawn apart from the count, so it tells nothing about the
+    # answer; every colour lasts >= 1.5 s (12 frames), the rest is spread at random.
+    total = FPS * int(rng.integers(6, 9))
+    spare = rng.multinomial(total - 12 * (changes + 1), np.ones(changes + 1) / (changes + 1))
+    segment = 12 + spare
     names = [str(rng.choice(list(PALETTE)))]
     for _ in range(changes):
         names.append(str(rng.choice([c for c in PALETTE if c != names[-1]])))

@@ -64,10 +64,19 @@ def test_a_trial_trains_the_model_and_reports_accuracy(tiny_qwen2_5_vl):
     assert 0.0 <= acc <= 1.0 and acc * 20 == round(acc * 20)
 
 
-def test_the_benchmark_prints_a_row_per_probe_and_size(tiny_qwen2_5_vl, monkeypatch, capsys):
-    monkeypatch.setattr(perception, "model_dir", lambda size: tiny_qwen2_5_vl)
+def test_the_benchmark_prints_a_row_per_trial(tiny_qwen2_5_vl, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(perception, "WORK", tmp_path)
+    (tmp_path / "qwen2_5_vl-tiny").symlink_to(tiny_qwen2_5_vl, target_is_directory=True)
     figures = perception.run(argparse.Namespace(quick=True, size="tiny"))
     rows = [(t["probe"], t["square_px"]) for t in figures["trials"]]
-    assert rows == [(p, s) for p in perception.PROBES for s in (synthetic.SQUARE, synthetic.MOVER)]
+    assert rows == [(p, s) for p, s, _ in perception.TRIALS]
+    thetas = {t["rope_theta"] for t in figures["trials"]}
+    assert thetas == {perception.built_theta(tiny_qwen2_5_vl), 2.0}
+    # The theta variant is a copy with the same weights; the fixture is left as it was.
+    variant = tmp_path / "qwen2_5_vl-tiny-theta2"
+    assert (variant / "model.safetensors").read_bytes() == (
+        tiny_qwen2_5_vl / "model.safetensors"
+    ).read_bytes()
+    assert perception.built_theta(tiny_qwen2_5_vl) != 2.0
     out = capsys.readouterr().out
     assert out.count("px") == len(rows)

@@ -100,6 +100,15 @@ def test_count_answer_matches_colour_changes(seed):
     assert sum(a != b for a, b in itertools.pairwise(seen)) == changes
 
 
+def test_count_clip_length_does_not_tell_the_count():
+    seconds: dict[str, set[float]] = {}
+    for seed in range(60):
+        frames, fields = _render("count", seed)
+        seconds.setdefault(fields["answer"], set()).add(len(frames) / FPS)
+    # Every count comes in every length: the length carries no information about the answer.
+    assert seconds == {k: {6.0, 7.0, 8.0} for k in ("1", "2", "3")}
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_phases_match_motion(seed):
     frames, fields = _render("phases", seed)
