@@ -2,7 +2,9 @@
 synthetic video tasks ask about.
 
 A probe is one question about a clip with four options: the colour of a still square, the side
-(left or right half) it stands on, the way it moves (the `direction` task's clips). For each
+(left or right half) it stands on, the way it moves (the `direction` task's clips), how many
+times it changes colour (the `count` task's clips, whose length grows with the count, and the
+same with the length drawn apart from the count: `count_fixed_length`). For each
 probe, square size and rotary base (`TRIALS`), a fresh copy of the model (built at random,
 seed 0, the debug recipe's shape unless `--size`) is trained on clips rendered on the fly, batch 8, AdamW at 2e-3 on every
 weight (vision tower included), the option letter after the prompt being the only target; then
@@ -35,6 +37,9 @@ LETTERS = "ABCD"
 FRAMES = 8
 BATCH = 8
 LR = 2e-3
+LARGE = 40
+"""A square that fills whole visual tokens (28 px: 14 px patches merged 2x2), against the
+tasks' 20 px (`synthetic.SQUARE`)."""
 EVAL_SEED = 1_000_000
 """Held-out clips are drawn from seeds from here on; training clips from 0 up."""
 
@@ -78,21 +83,45 @@ def direction_clip(rng: np.random.Generator, side: int) -> Clip:
     return Clip(frames, rec["question"], tuple(rec["options"]), LETTERS.index(rec["answer"]))
 
 
+COUNT_OPTIONS = ("A. 1", "B. 2", "C. 3", "D. 4")
+
+
+def count_clip(rng: np.random.Generator, side: int, fixed_length: bool = False) -> Clip:
+    """The `count` task's clip, with a square of `side` px; the answer (1-3) as a letter."""
+    frames, rec = synthetic.render_count(rng, side, fixed_length=fixed_length)
+    return Clip(frames, rec["question"], COUNT_OPTIONS, int(rec["answer"]) - 1)
+
+
+def count_fixed_length_clip(rng: np.random.Generator, side: int) -> Clip:
+    """The count clip lasting 6-8 s whatever the count: only the colours tell the answer."""
+    return count_clip(rng, side, fixed_length=True)
+
+
 PROBES: dict[str, Callable[[np.random.Generator, int], Clip]] = {
     "colour": colour_clip,
     "side": side_clip,
     "direction": direction_clip,
+    "count": count_clip,
+    "count_fixed_length": count_fixed_length_clip,
 }
-CHANCE = {"colour": 0.25, "side": 0.5, "direction": 0.25}
+CHANCE = {
+    "colour": 0.25,
+    "side": 0.5,
+    "direction": 0.25,
+    "count": 1 / 3,
+    "count_fixed_length": 1 / 3,
+}
 
 
 TRIALS: tuple[tuple[str, int, float | None], ...] = (
     ("colour", synthetic.SQUARE, None),
-    ("colour", synthetic.MOVER, None),
-    ("side", synthetic.MOVER, None),
-    ("side", synthetic.MOVER, 2.0),
-    ("direction", synthetic.MOVER, None),
-    ("direction", synthetic.MOVER, 2.0),
+    ("colour", LARGE, None),
+    ("side", LARGE, None),
+    ("side", LARGE, 2.0),
+    ("direction", LARGE, None),
+    ("direction", LARGE, 2.0),
+    ("count", synthetic.SQUARE, None),
+    ("count_fixed_length", LARGE, None),
 )
 """(probe, square px, the language model's rope theta or None for the built model's)."""
 
@@ -162,7 +191,12 @@ class Trial:
             videos.append(clip.frames[idx])
             fps = float(synthetic.FPS)
             metadata.append(
-                {"fps": fps, "frames_indices": idx.tolist(), "total_num_frames": n, "duration": n / fps}
+                {
+                    "fps": fps,
+                    "frames_indices": idx.tolist(),
+                    "total_num_frames": n,
+                    "duration": n / fps,
+                }
             )
             answers.append(clip.answer)
         inputs = self.processor(

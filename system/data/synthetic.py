@@ -6,15 +6,11 @@ model trained briefly can learn them:
 
 - direction (multiple_choice): a square slides left, right, up or down; options A-D.
 - appear (temporal_grounding): a square is visible from t1 to t2 (whole seconds).
-- count (numerical): the square changes colour k times (1-3) in a 6-8 s clip whose length does
-  not depend on k; every colour lasts >= 1.5 s so each shows up even in 8 frames sampled from
-  the clip.
+- count (numerical): the square changes colour k times (1-3); every colour lasts >= 1.5 s so
+  each shows up even in 8 frames sampled from the clip. Each colour lasting 1.5-2 s, the clip's
+  length grows with k, and a model reads the length from its time positions: the debug
+  recipe's model answers from it, not from the colours (docs/perception.md measures both).
 - phases (subaction): the square makes 2-3 moves in sequence, each >= 2 s, named by direction.
-
-The square of these four tasks is 40 px (`MOVER`), so that it fills whole visual tokens (28 px
-each: 14 px patches merged 2x2) rather than a part of one: a tiny model trained from random
-weights reads the colour of a 40 px square after ~100 steps of SFT and not after 1,000 at 20 px
-(docs/perception.md). The assistive and image tasks keep 20 px (`SQUARE`).
 
 Clips are 112x112 at 8 fps, 3-8 s, H.264 (mpeg4 where libx264 is missing). Generation is
 deterministic per seed (each record draws from its own seeded stream) and splits are disjoint
@@ -37,9 +33,6 @@ from system.config import SyntheticSpec
 SIZE = 112
 FPS = 8
 SQUARE = 20
-"""Side of the square in the image and assistive tasks, px."""
-MOVER = 40
-"""Side of the square in the four video tasks, px."""
 BACKGROUND = (24, 24, 24)
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),
@@ -57,7 +50,7 @@ DIRECTION_OPTIONS = ["A. left", "B. right", "C. up", "D. down"]
 START_SIDE = {"left": "right", "right": "left", "up": "bottom", "down": "top"}
 TASKS = ("direction", "appear", "count", "phases")
 SPLITS = {"train": 0, "eval": 1, "text": 2}
-VERSION = 4
+VERSION = 2
 """Bumped whenever generated records change; a manifest of another version is regenerated."""
 MANIFEST = "manifest.json"
 
@@ -88,7 +81,7 @@ def _draw(
 
 
 def render_direction(
-    rng: np.random.Generator, side: int = MOVER
+    rng: np.random.Generator, side: int = SQUARE
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The direction task: a square of `side` px crosses the frame from one edge to the other."""
     name = str(rng.choice(list(DIRECTIONS)))
@@ -118,10 +111,10 @@ def _task_appear(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
     t1 = int(rng.integers(1, duration - 2))
     t2 = int(rng.integers(t1 + 2, duration))
     frames = _canvas(FPS * duration)
-    x, y = rng.uniform(6, SIZE - MOVER - 6, size=2)
+    x, y = rng.uniform(6, SIZE - SQUARE - 6, size=2)
     color = PALETTE[str(rng.choice(list(PALETTE)))]
     for i in range(t1 * FPS, t2 * FPS):
-        _draw(frames[i], x, y, color, MOVER)
+        _draw(frames[i], x, y, color)
     return frames, {
         "problem_type": "temporal_grounding",
         "question": "When is the square visible? Give the start and end time in seconds.",
@@ -131,22 +124,28 @@ def _task_appear(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
     }
 
 
-def _task_count(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
+def render_count(
+    rng: np.random.Generator, side: int = SQUARE, fixed_length: bool = False
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The count task. By default each colour lasts 1.5-2 s, so the clip is longer the more
+    changes it holds; with `fixed_length` the clip lasts 6-8 s whatever the count (each colour
+    still >= 1.5 s), so only the colours tell the answer."""
     changes = int(rng.integers(1, 4))
-    # The clip's length (6-8 s) is drawn apart from the count, so it tells nothing about the
-    # answer; every colour lasts >= 1.5 s (12 frames), the rest is spread at random.
-    total = FPS * int(rng.integers(6, 9))
-    spare = rng.multinomial(total - 12 * (changes + 1), np.ones(changes + 1) / (changes + 1))
-    segment = 12 + spare
+    if fixed_length:
+        total = FPS * int(rng.integers(6, 9))
+        spare = rng.multinomial(total - 12 * (changes + 1), np.ones(changes + 1) / (changes + 1))
+        segment = 12 + spare
+    else:
+        segment = 12 + rng.integers(0, 5, size=changes + 1)  # 1.5-2 s per colour at 8 fps
     names = [str(rng.choice(list(PALETTE)))]
     for _ in range(changes):
         names.append(str(rng.choice([c for c in PALETTE if c != names[-1]])))
     frames = _canvas(int(segment.sum()))
-    x, y = rng.uniform(6, SIZE - MOVER - 6, size=2)
+    x, y = rng.uniform(6, SIZE - side - 6, size=2)
     i = 0
     for name, length in zip(names, segment, strict=True):
         for _ in range(int(length)):
-            _draw(frames[i], x, y, PALETTE[name], MOVER)
+            _draw(frames[i], x, y, PALETTE[name], side)
             i += 1
     return frames, {
         "problem_type": "numerical",
@@ -157,9 +156,9 @@ def _task_count(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 def _task_phases(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
-    lo, hi = 6.0, float(SIZE - MOVER - 6)
+    lo, hi = 6.0, float(SIZE - SQUARE - 6)
     x, y = (lo + hi) / 2, (lo + hi) / 2
-    step = 1.5  # px per frame: the longest move (19 frames) covers 28.5 px, half the travel
+    step = 1.6  # px per frame: a 2-s move covers 26 px, well inside the canvas
     moves: list[tuple[str, int]] = []
     for _ in range(int(rng.integers(2, 4))):
         length = FPS * int(rng.integers(2, 3)) + int(rng.integers(0, 4))
@@ -182,7 +181,7 @@ def _task_phases(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
         dx, dy = DIRECTIONS[name]
         for _ in range(length):
             x, y = x + dx * step, y + dy * step
-            _draw(frames[i], x, y, color, MOVER)
+            _draw(frames[i], x, y, color)
             i += 1
     return frames, {
         "problem_type": "subaction",
@@ -196,7 +195,7 @@ def _task_phases(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
 RENDERERS: dict[str, Callable[[np.random.Generator], tuple[np.ndarray, dict[str, Any]]]] = {
     "direction": render_direction,
     "appear": _task_appear,
-    "count": _task_count,
+    "count": render_count,
     "phases": _task_phases,
 }
 

@@ -4,6 +4,7 @@ trains the model it loads."""
 from __future__ import annotations
 
 import argparse
+import itertools
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ def _square_boxes(frame: np.ndarray) -> tuple[int, int, int, int]:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
-@pytest.mark.parametrize("side", [synthetic.SQUARE, synthetic.MOVER])
+@pytest.mark.parametrize("side", [synthetic.SQUARE, perception.LARGE])
 def test_probe_answers_match_the_pixels(side):
     for seed in range(40):
         colour = perception.colour_clip(np.random.default_rng(seed), side)
@@ -36,20 +37,31 @@ def test_probe_answers_match_the_pixels(side):
         move = perception.direction_clip(np.random.default_rng(seed), side)
         first, last = _square_boxes(move.frames[0]), _square_boxes(move.frames[-1])
         dx, dy = last[0] - first[0], last[1] - first[1]
-        seen = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
+        seen = (
+            ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
+        )
         assert move.options[move.answer].endswith(seen)
+
+        count = perception.count_fixed_length_clip(np.random.default_rng(seed), side)
+        colours = [tuple(f[_square_boxes(f)[1], _square_boxes(f)[0]]) for f in count.frames]
+        changes = sum(a != b for a, b in itertools.pairwise(colours))
+        assert count.options[count.answer] == f"{'ABC'[changes - 1]}. {changes}"
+        assert len(count.frames) / synthetic.FPS in (6.0, 7.0, 8.0)
 
 
 def test_both_sides_and_every_answer_occur():
-    answers = {p: {perception.PROBES[p](np.random.default_rng(s), 40).answer for s in range(60)}
-               for p in perception.PROBES}
-    assert answers == {"colour": {0, 1, 2, 3}, "side": {0, 1}, "direction": {0, 1, 2, 3}}
+    answers = {
+        p: {perception.PROBES[p](np.random.default_rng(s), 40).answer for s in range(60)}
+        for p in perception.PROBES
+    }
+    assert answers == {"colour": {0, 1, 2, 3}, "side": {0, 1}, "direction": {0, 1, 2, 3},
+                       "count": {0, 1, 2}, "count_fixed_length": {0, 1, 2}}  # fmt: skip
 
 
 def test_a_trial_trains_the_model_and_reports_accuracy(tiny_qwen2_5_vl):
     import torch
 
-    trial = perception.Trial(tiny_qwen2_5_vl, "colour", synthetic.MOVER)
+    trial = perception.Trial(tiny_qwen2_5_vl, "colour", perception.LARGE)
     inputs, answers = trial.batch(range(4))
     assert answers.shape == (4,)
     video = trial.processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
@@ -58,7 +70,11 @@ def test_a_trial_trains_the_model_and_reports_accuracy(tiny_qwen2_5_vl):
     before = {n: p.detach().clone() for n, p in trial.model.named_parameters() if "visual" in n}
     losses = [trial.step(i) for i in range(2)]
     assert all(np.isfinite(losses))
-    moved = [n for n, p in trial.model.named_parameters() if "visual" in n and not torch.equal(p, before[n])]
+    moved = [
+        n
+        for n, p in trial.model.named_parameters()
+        if "visual" in n and not torch.equal(p, before[n])
+    ]
     assert moved, "the vision tower is trained"
     acc = trial.accuracy(20)
     assert 0.0 <= acc <= 1.0 and acc * 20 == round(acc * 20)

@@ -100,13 +100,21 @@ def test_count_answer_matches_colour_changes(seed):
     assert sum(a != b for a, b in itertools.pairwise(seen)) == changes
 
 
-def test_count_clip_length_does_not_tell_the_count():
-    seconds: dict[str, set[float]] = {}
-    for seed in range(60):
-        frames, fields = _render("count", seed)
-        seconds.setdefault(fields["answer"], set()).add(len(frames) / FPS)
-    # Every count comes in every length: the length carries no information about the answer.
-    assert seconds == {k: {6.0, 7.0, 8.0} for k in ("1", "2", "3")}
+def test_count_clip_length_tells_the_count_unless_fixed():
+    from system.data.synthetic import render_count
+
+    def lengths(**kw):
+        seen: dict[str, set[float]] = {}
+        for seed in range(60):
+            frames, fields = render_count(np.random.default_rng(seed), **kw)
+            seen.setdefault(fields["answer"], set()).add(len(frames) / FPS)
+        return seen
+
+    # The recipe's clips: 1 change lasts 3-4 s, 3 changes 6-8 s.
+    default = lengths()
+    assert max(default["1"]) < min(default["3"])
+    # Fixed length: every count comes in every length.
+    assert lengths(fixed_length=True) == {k: {6.0, 7.0, 8.0} for k in ("1", "2", "3")}
 
 
 @pytest.mark.parametrize("seed", range(6))
