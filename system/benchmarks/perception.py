@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from system.data import synthetic
+from system.data.video import processor_kwargs
 
 WORK = Path("runs/bench-perception")
 LETTERS = "ABCD"
@@ -205,8 +206,7 @@ class Trial:
             video_metadata=metadata,
             return_tensors="pt",
             padding=True,
-            do_sample_frames=False,
-            do_resize=False,
+            **processor_kwargs(),
         )
         return dict(inputs), torch.tensor(answers)
 
