@@ -25,7 +25,8 @@ last). Threshold: the paired gain in the gated mode — confidence-gated thinkin
 VideoAuto-R1 is about — must reach Z_MIN = 2 standard errors of the per-question differences
 (under no change, a one-sided chance of about 2%). In this reduced run its z was 4.6-5.0,
 where the direct mode's swung from 0.1 to 5.5 between runs (how soon the first answer learns
-to count depends on the asynchronous schedule). The gated mode must think on some questions
+to count depends on the asynchronous schedule; the model counts from the clip's length, which
+grows with the count: docs/perception.md). The gated mode must think on some questions
 and not on others.
 """
 
